@@ -1,0 +1,52 @@
+"""What an attack receives and returns.
+
+An attack sees a ``ServerView`` (the broadcast model, the message on the wire, the defense's public side information and
+the data shape; labels only when the cell's threat model grants them) and the defended client's ``simulate``, its
+differentiable model of the message. It returns a ``Reconstruction``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from giabench.protocols import Protocol, Update
+
+Simulate = Callable[[torch.Tensor, torch.Tensor], Update]
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ServerView:
+    model: torch.nn.Module
+    protocol: Protocol
+    message: Update
+    public: dict
+    shape: tuple[int, int, int]
+    num_classes: int
+    batch_size: int
+    labels: torch.Tensor | None = None  # granted only when the threat model includes the labels
+
+
+@dataclass
+class Reconstruction:
+    images: torch.Tensor  # B x C x H x W in [0, 1]
+    labels: torch.Tensor | None
+    iterations: int  # gradient evaluations spent (the budget unit)
+    trace: list[float] = field(default_factory=list)  # objective, sampled along the run
+    extra: dict = field(default_factory=dict)
+
+
+class Attack:
+    """Base class. Subclasses set the metadata below and implement ``reconstruct``."""
+
+    family = "optimization"  # optimization | generative | analytic | label
+    threat_model = "B"  # SoK letter: A eavesdropper ... H active manipulator
+    needs: tuple[str, ...] = ()
+    budget_unit = "iterations"
+
+    def reconstruct(self, view: ServerView, simulate: Simulate, generator: torch.Generator,
+                    progress: Progress | None = None) -> Reconstruction:
+        raise NotImplementedError

@@ -1,0 +1,168 @@
+"""Optimization-based gradient inversion: find dummy data whose simulated message matches the observed one.
+
+All attacks here are adaptive: the objective compares the observed message m with ``simulate(x_hat, y_hat)``, the
+defended client's deterministic transform of the protocol's update, so clipping, masks and local steps are inside it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from giabench.attacks import labels as label_methods
+from giabench.attacks.base import Attack, Reconstruction
+
+from giabench.errors import ConfigError
+from giabench.registry import attack
+
+
+def l2_distance(sim: dict, obs: dict) -> torch.Tensor:
+    """DLG's objective (Zhu et al., NeurIPS 2019, Eq. 4): sum_l || g'_l - g_l ||^2."""
+    return sum(((sim[k] - obs[k]) ** 2).sum() for k in obs)
+
+
+def cosine_distance(sim: dict, obs: dict) -> torch.Tensor:
+    """Inverting Gradients' objective (Geiping et al., NeurIPS 2020, Eq. 4), all layers jointly:
+    1 - <g', g> / (||g'|| ||g||)."""
+    dot = sum((sim[k] * obs[k]).sum() for k in obs)
+    norm_sim = torch.sqrt(sum(sim[k].pow(2).sum() for k in obs))
+    norm_obs = torch.sqrt(sum(obs[k].pow(2).sum() for k in obs))
+    return 1 - dot / (norm_sim * norm_obs + 1e-12)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic TV: mean |x_{h+1,w} - x_{h,w}| + mean |x_{h,w+1} - x_{h,w}|."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def resolve_labels(mode: str, view, allowed: tuple[str, ...]) -> torch.Tensor | None:
+    """Labels for the dummy batch: ``known`` (granted by the threat model), ``inferred[:METHOD]`` (from the message),
+    or ``None`` when the attack optimizes them itself (``optimized``)."""
+    if mode == "known":
+        if view.labels is None:
+            raise ConfigError("attack needs labels: known, but the threat model does not grant them")
+        return view.labels
+    if mode.startswith("inferred"):
+        method = mode.split(":", 1)[1] if ":" in mode else "idlg"
+        if method not in label_methods.METHODS:
+            raise ConfigError(f"unknown label method {method!r}; known: {', '.join(label_methods.METHODS)}")
+        return label_methods.METHODS[method](view)
+    if mode in allowed:
+        return None
+    raise ConfigError(f"labels must be one of known, inferred[:METHOD]{''.join(', ' + a for a in allowed)}; "
+                      f"got {mode!r}")
+
+
+def initial_images(view, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise with the dataset's pixel mean and std (N(0, I) in the model's normalized space)."""
+    mean, std = view.model.mean.cpu(), view.model.std.cpu()
+    noise = torch.randn((view.batch_size, *view.shape), generator=generator)
+    return (mean + std * noise).to(view.model.mean.device)
+
+
+@attack("dlg")
+class DLG(Attack):
+    """Deep Leakage from Gradients (Zhu, Liu, Han, NeurIPS 2019, Alg. 1): L-BFGS on the dummy images (and, with
+    ``labels: optimized``, on dummy label logits y' = softmax(v)) minimizing sum_l || g'_l - g_l ||^2 (Eq. 4).
+    One iteration is one L-BFGS step with one gradient evaluation."""
+
+    needs = ()
+
+    def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "optimized"):
+        if iterations < 1 or lr <= 0:
+            raise ConfigError("attack dlg: iterations >= 1 and lr > 0")
+        self.iterations, self.lr, self.labels = iterations, lr, labels
+
+    def reconstruct(self, view, simulate, generator, progress=None):
+        device = view.model.mean.device
+        fixed = resolve_labels(self.labels, view, ("optimized",))
+        x = initial_images(view, generator).clamp(0, 1).requires_grad_(True)
+        variables = [x]
+        if fixed is None:
+            logits = torch.randn((view.batch_size, view.num_classes), generator=generator).to(device)
+            logits.requires_grad_(True)
+            variables.append(logits)
+        optimizer = torch.optim.LBFGS(variables, lr=self.lr, max_iter=1, history_size=100)
+        obs = {k: v.to(device) for k, v in view.message.items()}
+        best = (math.inf, x.detach().clone())
+        trace = []
+
+        def closure():
+            optimizer.zero_grad()
+            y = fixed.to(device) if fixed is not None else torch.softmax(logits, dim=-1)
+            loss = l2_distance(simulate(x, y), obs)
+            loss.backward()
+            return loss
+
+        steps = 0
+        while steps < self.iterations:
+            steps += 1
+            loss = optimizer.step(closure).item()
+            if not math.isfinite(loss):  # L-BFGS without line search can diverge; keep the best iterate
+                break
+            if loss < best[0]:
+                best = (loss, x.detach().clone())
+            trace.append(loss)
+            if progress:
+                progress(1)
+        labels = fixed if fixed is not None else logits.detach().argmax(dim=-1)
+        return Reconstruction(best[1].clamp(0, 1).cpu(), labels.cpu(), steps, trace, {"objective": best[0]})
+
+
+@attack("idlg")
+class IDLG(DLG):
+    """Improved DLG (Zhao, Mopuri, Bilen, arXiv 2001.02610): the label is read off the sign of the last layer's
+    weight gradient (Sec. 3, see ``giabench.attacks.labels``), then DLG runs with that label fixed."""
+
+    def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "inferred"):
+        super().__init__(iterations=iterations, lr=lr, labels=labels)
+
+
+@attack("ig")
+class InvertingGradients(Attack):
+    """Inverting Gradients (Geiping, Bauermeister, Droege, Moeller, NeurIPS 2020, Eq. 4):
+        argmin_{x in [0,1]^n}  1 - <grad L(x, y), g> / (||grad L(x, y)|| ||g||) + alpha_TV * TV(x),
+    optimized, as in the paper, in the model's normalized space z = (x - mean) / std (so ``lr`` and ``tv`` keep the
+    paper's meaning): Adam on the *signed* gradient of z, step size ``lr`` decayed by 10 at 3/8, 5/8 and 7/8 of the
+    run, pixels clamped to [0, 1] after every step, and ``restarts`` independent runs of which the lowest final
+    objective wins."""
+
+    def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1,
+                 labels: str = "known"):
+        if iterations < 1 or lr <= 0 or tv < 0 or restarts < 1:
+            raise ConfigError("attack ig: iterations >= 1, lr > 0, tv >= 0 and restarts >= 1")
+        self.iterations, self.lr, self.tv, self.restarts, self.labels = iterations, lr, tv, restarts, labels
+
+    def objective(self, z, y, simulate, obs, mean, std):
+        return cosine_distance(simulate(mean + std * z, y), obs) + self.tv * total_variation(z)
+
+    def reconstruct(self, view, simulate, generator, progress=None):
+        device = view.model.mean.device
+        y = resolve_labels(self.labels, view, ()).to(device)
+        obs = {k: v.to(device) for k, v in view.message.items()}
+        mean, std = view.model.mean, view.model.std
+        low, high = (0 - mean) / std, (1 - mean) / std
+        best, trace = (math.inf, None), []
+        for _ in range(self.restarts):
+            z = ((initial_images(view, generator) - mean) / std).requires_grad_(True)
+            optimizer = torch.optim.Adam([z], lr=self.lr)
+            milestones = [int(self.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+            schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+            for step in range(self.iterations):
+                optimizer.zero_grad()
+                loss = self.objective(z, y, simulate, obs, mean, std)
+                z.grad, = torch.autograd.grad(loss, z)
+                z.grad.sign_()
+                optimizer.step()
+                schedule.step()
+                with torch.no_grad():
+                    z.copy_(torch.maximum(torch.minimum(z, high), low))
+                if step % 10 == 0:
+                    trace.append(float(loss.detach()))
+                if progress:
+                    progress(1)
+            final = float(self.objective(z.detach(), y, simulate, obs, mean, std))
+            if final < best[0]:
+                best = (final, (mean + std * z).detach().clone())
+        return Reconstruction(best[1].cpu(), y.cpu(), self.iterations * self.restarts, trace,
+                              {"objective": best[0]})

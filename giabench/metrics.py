@@ -1,0 +1,72 @@
+"""Reconstruction quality, after matching reconstructions to private images.
+
+Batch order is not recoverable from a summed gradient, so reconstructions are first assigned to private images by the
+optimal assignment (Hungarian algorithm, scipy ``linear_sum_assignment``) on pairwise MSE. Then per image:
+    MSE = mean (x_hat - x)^2,   PSNR = 10 log10(1 / MSE)  (pixels in [0, 1]),
+SSIM (Wang et al., 2004) as scikit-image computes it (7x7 uniform window, data range 1), LPIPS-alex v0.1 (see
+``giabench.lpips``), and label accuracy as the size of the multiset intersection of true and recovered labels over B.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from skimage.metrics import structural_similarity
+
+from giabench import lpips
+
+
+def psnr(mse: float) -> float:
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """SSIM of two C x H x W images in [0, 1]."""
+    side = min(a.shape[-2:])
+    win = min(7, side if side % 2 else side - 1)
+    return float(structural_similarity(a.numpy(), b.numpy(), data_range=1.0, channel_axis=0, win_size=win))
+
+
+def match(recon: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    """``order[j]`` is the reconstruction assigned to private image j (minimum total MSE)."""
+    cost = ((recon[:, None] - truth[None]) ** 2).flatten(2).mean(-1)
+    rows, cols = linear_sum_assignment(cost.numpy())
+    order = np.empty(len(cols), dtype=int)
+    order[cols] = rows
+    return order
+
+
+def label_accuracy(pred: torch.Tensor | None, truth: torch.Tensor) -> float:
+    if pred is None:
+        return math.nan
+    common = Counter(pred.tolist()) & Counter(truth.tolist())
+    return sum(common.values()) / len(truth)
+
+
+def score(recon: torch.Tensor, labels: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor,
+          with_lpips: bool = True) -> tuple[dict, list[dict], np.ndarray]:
+    """Summary scores, one row per private image, and the matching order."""
+    recon = recon.detach().float().cpu().clamp(0, 1)
+    x = x.detach().float().cpu()
+    order = match(recon, x)
+    matched = recon[order]
+    net, source = lpips.load() if with_lpips else (None, "not computed")
+    if net is not None:
+        with torch.no_grad():
+            distances = net(matched, x).tolist()
+    else:
+        distances = [math.nan] * len(x)
+    rows = []
+    for j in range(len(x)):
+        mse = float(((matched[j] - x[j]) ** 2).mean())
+        rows.append({"image": j, "matched": int(order[j]), "label": int(y[j]),
+                     "label_pred": int(labels[order[j]]) if labels is not None else None,
+                     "mse": mse, "psnr": psnr(mse), "ssim": ssim(matched[j], x[j]), "lpips": distances[j]})
+    summary = {key: float(np.mean([r[key] for r in rows])) for key in ("mse", "psnr", "ssim", "lpips")}
+    summary["label_acc"] = label_accuracy(labels, y.cpu())
+    summary["lpips_source"] = source
+    return summary, rows, order

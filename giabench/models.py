@@ -1,0 +1,197 @@
+"""The model zoo: the victim architectures of the gradient inversion literature, wrapped with normalization.
+
+Every model takes pixels in [0, 1]; ``Classifier`` subtracts the dataset mean and divides by its std, so attacks
+optimize and clamp in pixel space. A model's *state* is ``untrained`` (seeded initialization), ``trained:N`` (N
+seeded SGD steps on a dataset, cached on disk) or ``checkpoint:PATH`` (a tensor-only state dict). Its *mode* is
+``eval`` (batch norm uses running statistics, as in the Inverting Gradients experiments) or ``train`` (batch norm
+uses the client batch's statistics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from giabench.errors import ConfigError
+from giabench.registry import model, models
+
+MODES = ("eval", "train")
+
+
+class Classifier(nn.Module):
+    """``net((x - mean) / std)``: normalization inside the model, so inputs are pixels in [0, 1]."""
+
+    def __init__(self, net: nn.Module, mean, std):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+    @property
+    def classifier_weight(self) -> str:
+        """Parameter name of the last linear layer's weight (its gradient carries the labels)."""
+        names = [name for name, m in self.named_modules() if isinstance(m, nn.Linear)]
+        return f"{names[-1]}.weight"
+
+
+@model("lenet")
+class LeNet(nn.Module):
+    """The DLG paper's LeNet (Zhu et al., NeurIPS 2019): three 5x5 convolutions (12 channels), sigmoid, one FC."""
+
+    def __init__(self, shape, num_classes, *, channels: int = 12):
+        super().__init__()
+        c, h, w = shape
+        act = nn.Sigmoid
+        self.features = nn.Sequential(
+            nn.Conv2d(c, channels, 5, stride=2, padding=2), act(),
+            nn.Conv2d(channels, channels, 5, stride=2, padding=2), act(),
+            nn.Conv2d(channels, channels, 5, stride=1, padding=2), act(),
+        )
+        self.fc = nn.Linear(channels * ((h + 3) // 4) * ((w + 3) // 4), num_classes)
+        for p in self.parameters():  # DLG's initialization: every weight and bias uniform in [-0.5, 0.5]
+            nn.init.uniform_(p, -0.5, 0.5)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "leaky-relu": nn.LeakyReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def _conv_bn(cin: int, cout: int, act: str) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), ACTIVATIONS[act]()]
+
+
+@model("convnet")
+class ConvNet(nn.Module):
+    """The ConvNet of Inverting Gradients (Geiping et al., NeurIPS 2020): 8 conv-BN-ReLU blocks of width w, 2w and
+    4w with three max-pools, then one linear layer. ``width`` scales every layer (the paper uses 64)."""
+
+    def __init__(self, shape, num_classes, *, width: int = 64, activation: str = "relu", pool: str = "max"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"convnet: activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        if pool not in POOLS:
+            raise ConfigError(f"convnet: pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        c, h, w = shape
+        a, b, d = width, 2 * width, 4 * width
+        blocks = [(c, a), (a, b), (b, b), (b, d), (d, d), (d, d), "pool", (d, d), (d, d), "pool"]
+        layers = [m for blk in blocks for m in ([POOLS[pool](3)] if blk == "pool" else _conv_bn(*blk, activation))]
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():
+            flat = self.features(torch.zeros(2, c, h, w)).flatten(1).shape[1]
+        self.fc = nn.Linear(flat, num_classes)
+        for m in self.features:
+            if isinstance(m, nn.Conv2d):  # He initialization, as torchvision's ResNets
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+@model("resnet18")
+def resnet18(shape, num_classes, *, width: int = 64) -> nn.Module:
+    """ResNet-18 (He et al., CVPR 2016) with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool."""
+    net = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes,
+                                    width_per_group=64)
+    if width != 64:
+        raise ConfigError("resnet18: only width 64 is supported")
+    net.conv1 = nn.Conv2d(shape[0], 64, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+@model("mlp")
+class MLP(nn.Module):
+    """A fully connected network: flatten, ``depth`` hidden layers of ``width`` ReLU units, linear output."""
+
+    def __init__(self, shape, num_classes, *, width: int = 256, depth: int = 1):
+        super().__init__()
+        dims = [int(torch.tensor(shape).prod())] + [width] * depth
+        layers: list[nn.Module] = [nn.Flatten()]
+        for cin, cout in zip(dims[:-1], dims[1:], strict=False):
+            layers += [nn.Linear(cin, cout), nn.ReLU()]
+        self.layers = nn.Sequential(*layers, nn.Linear(dims[-1], num_classes))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GIABENCH_CACHE", Path.home() / ".cache" / "giabench"))
+
+
+def build(name: str, params: dict, data, state: str, seed: int) -> Classifier:
+    """Build architecture ``name`` for ``data`` (an ImageSet) in the given state; the same arguments give the
+    same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = models.get(name)(data.shape, data.num_classes, **params)
+    clf = Classifier(net, data.mean, data.std)
+    if state == "untrained":
+        return clf
+    if state.startswith("trained:"):
+        steps = state.split(":", 1)[1]
+        if not steps.isdigit():
+            raise ConfigError(f"model state {state!r}: expected trained:N with N a whole number of SGD steps")
+        return _trained(clf, name, params, data, int(steps), seed)
+    if state.startswith("checkpoint:"):
+        load_checkpoint(clf, state.split(":", 1)[1])
+        return clf
+    raise ConfigError(f"model state {state!r}: expected untrained, trained:N or checkpoint:PATH")
+
+
+def load_checkpoint(clf: Classifier, path: str) -> None:
+    """Load a state dict saved with ``torch.save``; only tensors are accepted (``weights_only=True``)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file that is not a tensor archive
+        raise ConfigError(f"checkpoint {path}: not a torch tensor file ({type(exc).__name__})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"checkpoint {path}: expected a state dict of tensors")
+    try:
+        clf.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ConfigError(f"checkpoint {path}: does not fit the model ({first})") from exc
+
+
+def _trained(clf: Classifier, name: str, params: dict, data, steps: int, seed: int) -> Classifier:
+    """``steps`` of SGD (lr 0.01, momentum 0.9, batch 32, seeded) on ``data``; cached by a hash of the recipe."""
+    from giabench import __version__
+
+    recipe = {"arch": name, "params": params, "data": data.name, "n": len(data), "steps": steps, "seed": seed,
+              "version": __version__, "torch": torch.__version__}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "models" / f"{name}-{key}.pt"
+    if path.is_file():
+        clf.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return clf
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(clf.parameters(), lr=0.01, momentum=0.9)
+    clf.train()
+    for _ in range(steps):
+        index = torch.randint(len(data), (min(32, len(data)),), generator=generator)
+        optimizer.zero_grad()
+        F.cross_entropy(clf(data.images[index]), data.labels[index]).backward()
+        optimizer.step()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(clf.state_dict(), tmp)
+    tmp.replace(path)
+    return clf

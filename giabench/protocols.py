@@ -1,0 +1,121 @@
+"""Federated protocols as pure functions of (parameters, data), differentiable in the data.
+
+FedSGD (McMahan et al., AISTATS 2017, "FedSGD"): the client sends one gradient,
+    u = grad_w (1/B) sum_i CE(f_w(x_i), y_i).
+FedAvg: the client runs E local epochs of SGD over minibatches of size b with step size eta, in a fixed order, and sends
+    u = w_0 - w_K,   w_{k+1} = w_k - eta * g(w_k, batch_k),
+which for one step equals eta times the FedSGD gradient. ``g`` is the per-step gradient rule: the plain mean gradient,
+or a privatized one (DP-SGD) that a defense supplies. Built on ``torch.func.functional_call`` so the model object is
+never mutated and an attacker can differentiate the whole update with respect to dummy inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from giabench.errors import ConfigError
+
+Update = dict[str, torch.Tensor]
+GradRule = Callable[["Protocol", Update, torch.Tensor, torch.Tensor], Update]
+
+
+class Protocol:
+    """Binds a model to a local training rule. ``params`` are the broadcast weights (the attacker knows them)."""
+
+    name = "protocol"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.params: Update = {k: v.detach() for k, v in model.named_parameters()}
+        self.buffers: Update = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy; ``y`` is class indices or a (soft) label distribution. Buffers are copied, so
+        batch-norm running statistics of the broadcast model never change."""
+        buffers = {k: v.clone() for k, v in self.buffers.items()}
+        logits = functional_call(self.model, (params, buffers), (x,))
+        if y.dtype.is_floating_point:
+            return torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, y)
+
+    def gradient(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> Update:
+        """The mean gradient over the batch; keeps the graph when the inputs or the weights require it."""
+        create = x.requires_grad or y.requires_grad or any(p.requires_grad for p in params.values())
+        leaves = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
+        loss = self.loss(leaves, x, y)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create)
+        return dict(zip(leaves, grads, strict=False))
+
+    def local_steps(self, x: torch.Tensor) -> int:
+        """How many gradient evaluations one update takes (the accountant's step count)."""
+        raise NotImplementedError
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, rule: GradRule | None = None) -> Update:
+        raise NotImplementedError
+
+
+def mean_gradient(protocol: Protocol, params: Update, x: torch.Tensor, y: torch.Tensor) -> Update:
+    return protocol.gradient(params, x, y)
+
+
+class FedSGD(Protocol):
+    """One gradient of the mean loss over the client's batch."""
+
+    name = "fedsgd"
+
+    def local_steps(self, x):
+        return 1
+
+    def update(self, x, y, rule=None):
+        return (rule or mean_gradient)(self, self.params, x, y)
+
+
+class FedAvg(Protocol):
+    """``epochs`` passes of SGD with step ``lr`` over minibatches of ``batch_size`` in the given order; the update is
+    ``w_0 - w_K``."""
+
+    name = "fedavg"
+
+    def __init__(self, model, *, epochs: int = 1, batch_size: int = 0, lr: float = 0.1):
+        super().__init__(model)
+        if epochs < 1 or batch_size < 0 or lr <= 0:
+            raise ConfigError("protocol fedavg: epochs >= 1, batch_size >= 0 (0 = the whole batch) and lr > 0")
+        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+
+    def _batches(self, n: int) -> list[slice]:
+        b = self.batch_size or n
+        return [slice(i, min(i + b, n)) for i in range(0, n, b)]
+
+    def local_steps(self, x):
+        return self.epochs * len(self._batches(x.shape[0]))
+
+    def update(self, x, y, rule=None):
+        rule = rule or mean_gradient
+        params = dict(self.params)
+        for _ in range(self.epochs):
+            for part in self._batches(x.shape[0]):
+                grads = rule(self, params, x[part], y[part])
+                params = {k: params[k] - self.lr * grads[k] for k in params}
+        return {k: self.params[k] - params[k] for k in params}
+
+
+PROTOCOLS: dict[str, type[Protocol]] = {"fedsgd": FedSGD, "fedavg": FedAvg}
+PROTOCOL_DEFAULTS = {"fedsgd": {}, "fedavg": {"epochs": 1, "batch_size": 0, "lr": 0.1}}
+
+
+def resolve_params(name: str, params: dict, where: str) -> dict:
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+    known = PROTOCOL_DEFAULTS[name]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown parameter {unknown[0]!r}; known: {', '.join(known) or 'none'}")
+    return {**known, **params}
+
+
+def build(name: str, params: dict, model: torch.nn.Module) -> Protocol:
+    return PROTOCOLS[name](model, **params)

@@ -1,0 +1,157 @@
+"""Run cells: play one federated round under the defense, hand the attacker the server's view, score the result.
+
+Every random draw comes from a ``torch.Generator`` seeded from the cell's seed (batch choice, model init, the defense's
+fresh noise, the attack's initialization), so a cell gives the same numbers whenever it runs on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from giabench import __version__, data, metrics, models, protocols
+from giabench.attacks.base import ServerView
+from giabench.errors import ConfigError
+from giabench.registry import attacks, datasets, defenses
+from giabench.store import Store
+from giabench.suite import Cell, Suite
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where a cell runs; none of this changes a cell's identity."""
+
+    device: str = "cpu"
+    data_root: str = ""
+    download: bool = False
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (use auto or cpu)")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return name
+
+
+def _dataset(config: dict, env: Environment) -> data.ImageSet:
+    params = {k: v for k, v in config["dataset"].items() if k != "name"}
+    name = config["dataset"]["name"]
+    if not name.startswith("folder:") and "root" in datasets.defaults(name):
+        params["root"] = params.get("root") or env.data_root
+        params["download"] = params.get("download") or env.download
+    return data.load(name, **params)
+
+
+def _seeded(seed: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1000 + stream)
+
+
+def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[dict], np.ndarray]:
+    """Run one cell; returns its result row, its per-image rows and the image grid (H x W x C uint8)."""
+    config, seed = cell.config, cell.config["seed"]
+    device = torch.device(env.device)
+    imageset = _dataset(config, env)
+    x, y = data.sample(imageset, config["batch_size"], seed, config["selection"])
+    x, y = x.to(device), y.to(device)
+    model_cfg = {k: v for k, v in config["model"].items() if k not in ("name", "state", "mode")}
+    model = models.build(config["model"]["name"], model_cfg, imageset, config["model"]["state"], seed).to(device)
+    model.train(config["model"]["mode"] == "train")
+    protocol_cfg = {k: v for k, v in config["protocol"].items() if k != "name"}
+    protocol = protocols.build(config["protocol"]["name"], protocol_cfg, model)
+    defense_cfg = {k: v for k, v in config["defense"].items() if k != "name"}
+    client = defenses.get(config["defense"]["name"])(protocol, **defense_cfg)
+    message = client.share(x, y, _seeded(seed, 1))
+
+    attack_cfg = {k: v for k, v in config["attack"].items() if k != "name"}
+    attacker = attacks.get(config["attack"]["name"])(**attack_cfg)
+    grants_labels = str(attack_cfg.get("labels", "")) == "known"
+    view = ServerView(model, protocol, message, dict(client.public), imageset.shape, imageset.num_classes,
+                      x.shape[0], y.detach().cpu() if grants_labels else None)
+    start = time.perf_counter()
+    recon = attacker.reconstruct(view, client.simulate, _seeded(seed, 2), progress)
+    wall = time.perf_counter() - start
+
+    summary, image_rows, order = metrics.score(recon.images, recon.labels, x, y)
+    cost = client.cost()
+    row = {
+        "cell": cell.id, "attack": config["attack"]["name"], "defense": config["defense"]["name"],
+        "dataset": config["dataset"]["name"], "model": config["model"]["name"],
+        "protocol": config["protocol"]["name"], "batch_size": config["batch_size"], "seed": seed,
+        "selection": config["selection"], **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc")},
+        "lpips_source": summary["lpips_source"], "iterations": recon.iterations, "wall_s": wall,
+        "epsilon": cost["epsilon"], "delta": cost["delta"], "bytes": cost["bytes"],
+        "attack_params": attack_cfg, "defense_params": defense_cfg,
+        "model_params": {k: v for k, v in config["model"].items() if k != "name"}, "protocol_params": protocol_cfg,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+        "versions": {"giabench": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "config": config,
+    }
+    grid = image_grid(x.cpu(), recon.images[order].cpu())
+    return row, image_rows, grid
+
+
+def image_grid(truth: torch.Tensor, recon: torch.Tensor, pad: int = 2) -> np.ndarray:
+    """Originals on the top row, matched reconstructions below, as an H x W x 3 uint8 array."""
+    b, c, h, w = truth.shape
+    canvas = torch.ones(3, 2 * h + 3 * pad, b * (w + pad) + pad)
+    for row, images in enumerate((truth, recon.clamp(0, 1))):
+        for i in range(b):
+            top, left = pad + row * (h + pad), pad + i * (w + pad)
+            canvas[:, top:top + h, left:left + w] = images[i].expand(3, h, w)
+    return (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _run_and_pack(cell: Cell, env: Environment):
+    torch.set_num_threads(1)
+    return run_cell(cell, env)
+
+
+def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1, show_progress: bool = True) -> Store:
+    """Run every cell of ``suite`` that ``out`` does not hold yet; finished cells are stored as they complete."""
+    store = Store(out)
+    (Path(out) / "suite.json").write_text(json.dumps(
+        {"name": suite.name, "description": suite.description, "source": suite.source,
+         "cells": [c.id for c in suite.cells]}, indent=1))
+    done = store.finished()
+    todo = [c for c in suite.cells if c.id not in done]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(suite.cells), initial=len(suite.cells) - len(todo), desc=f"suite {suite.name}",
+               unit="cell", disable=not show_progress, position=0)
+
+    def finish(cell: Cell, result) -> None:
+        row, images, grid = result
+        image_path = Path(out) / "images" / f"{cell.id}.png"
+        Image.fromarray(grid).save(image_path)
+        row.update(suite=suite.name, image=f"images/{cell.id}.png",
+                   finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+        store.write(row, images)
+        bar.update(1)
+
+    if workers <= 1:
+        for cell in todo:
+            total = cell.config["attack"].get("iterations", 0) * cell.config["attack"].get("restarts", 1)
+            with tqdm(total=total or None, desc=cell.label, unit="it", leave=False, position=1,
+                      disable=not show_progress) as inner:
+                finish(cell, run_cell(cell, env, inner.update))
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_and_pack, cell, env): cell for cell in todo}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+    bar.close()
+    return store

@@ -1,0 +1,88 @@
+"""The run folder's SQLite store: one row per finished cell, one per reconstructed image.
+
+A cell's rows are written in one transaction after the cell has finished, so a run killed at any moment holds only
+whole cells, and a rerun skips every cell whose id is already stored. Reconstruction grids are PNG files beside the
+database, written before the transaction commits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+
+from giabench.errors import GiabenchError
+
+DB_NAME = "results.sqlite"
+CELL_COLUMNS = {
+    "cell": "TEXT PRIMARY KEY", "suite": "TEXT", "attack": "TEXT", "defense": "TEXT", "dataset": "TEXT",
+    "model": "TEXT", "protocol": "TEXT", "batch_size": "INTEGER", "seed": "INTEGER", "psnr": "REAL", "ssim": "REAL",
+    "lpips": "REAL", "mse": "REAL", "label_acc": "REAL", "iterations": "INTEGER", "wall_s": "REAL",
+    "epsilon": "REAL", "delta": "REAL", "bytes": "INTEGER", "attack_params": "TEXT", "defense_params": "TEXT",
+    "model_params": "TEXT", "protocol_params": "TEXT", "selection": "TEXT", "lpips_source": "TEXT",
+    "device": "TEXT", "versions": "TEXT", "config": "TEXT", "image": "TEXT", "finished_at": "TEXT",
+}
+IMAGE_COLUMNS = {
+    "cell": "TEXT", "image": "INTEGER", "matched": "INTEGER", "label": "INTEGER", "label_pred": "INTEGER",
+    "mse": "REAL", "psnr": "REAL", "ssim": "REAL", "lpips": "REAL",
+}
+
+
+class Store:
+    def __init__(self, run_dir: str | Path, create: bool = True):
+        self.dir = Path(run_dir)
+        path = self.dir / DB_NAME
+        if not create and not path.is_file():
+            raise GiabenchError(f"{run_dir}: no {DB_NAME} here; is it a giabench run folder?")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "images").mkdir(exist_ok=True)
+        self.path = path
+        with self._connect() as db:
+            cells = ", ".join(f"{k} {v}" for k, v in CELL_COLUMNS.items())
+            images = ", ".join(f"{k} {v}" for k, v in IMAGE_COLUMNS.items())
+            db.execute(f"CREATE TABLE IF NOT EXISTS cells ({cells})")
+            db.execute(f"CREATE TABLE IF NOT EXISTS images ({images}, PRIMARY KEY (cell, image))")
+            present = {row[1] for row in db.execute("PRAGMA table_info(cells)")}
+            if not set(CELL_COLUMNS) <= present:
+                raise GiabenchError(f"{path}: not a giabench results database (columns differ)")
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(self.path, timeout=30)
+        except sqlite3.Error as exc:
+            raise GiabenchError(f"{self.path}: cannot open results database ({exc})") from exc
+
+    def finished(self) -> set[str]:
+        with self._connect() as db:
+            return {row[0] for row in db.execute("SELECT cell FROM cells")}
+
+    def write(self, row: dict, images: list[dict]) -> None:
+        """Insert one finished cell and its images atomically."""
+        row = {k: _clean(row.get(k)) for k in CELL_COLUMNS}
+        db = self._connect()
+        try:
+            with db:
+                db.execute(f"INSERT INTO cells ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                           list(row.values()))
+                for image in images:
+                    values = [_clean(image.get(k)) if k != "cell" else row["cell"] for k in IMAGE_COLUMNS]
+                    db.execute(f"INSERT INTO images VALUES ({', '.join('?' * len(values))})", values)
+        finally:
+            db.close()
+
+    def cells(self) -> pd.DataFrame:
+        with self._connect() as db:
+            return pd.read_sql_query("SELECT * FROM cells ORDER BY finished_at", db)
+
+    def images(self) -> pd.DataFrame:
+        with self._connect() as db:
+            return pd.read_sql_query("SELECT * FROM images ORDER BY cell, image", db)
+
+
+def _clean(value):
+    """Mappings and lists become JSON text; floats (inf included) are stored as they are."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return value

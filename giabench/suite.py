@@ -1,0 +1,219 @@
+"""Suites: YAML grids of cells, validated with errors that name the field and the file line.
+
+    name: default
+    description: one line
+    defaults:                      # every cell starts from these
+      dataset: cifar10-sample
+      model: {name: convnet, width: 16, state: untrained}
+      attack: {name: ig, iterations: 500}
+    grid:                          # cartesian product of the lists; a list of such mappings is their union
+      defense: [none, {name: dp-sgd, noise_multiplier: 1.0}]
+      seed: [0, 1]
+
+A component (dataset, model, protocol, defense, attack) is a name or a mapping with ``name`` and parameters; a grid
+entry without ``name`` updates the default component's parameters. A cell's identity is a hash of its resolved
+config and the package version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from giabench import __version__, data, protocols
+from giabench.errors import ConfigError
+from giabench.models import MODES
+from giabench.registry import attacks, defenses, models
+
+COMPONENTS = ("dataset", "model", "protocol", "defense", "attack")
+SCALARS = {"batch_size": int, "seed": int, "selection": str}
+CELL_KEYS = COMPONENTS + tuple(SCALARS)
+BASE = {"dataset": {"name": "cifar10-sample"}, "model": {"name": "convnet", "state": "untrained"},
+        "protocol": {"name": "fedsgd"}, "defense": {"name": "none"}, "attack": {"name": "ig"},
+        "batch_size": 1, "seed": 0, "selection": "random"}
+
+
+class _Located(dict):
+    """A mapping that remembers the line of each key."""
+
+    lines: dict
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that records line numbers of mapping keys (safe: no arbitrary objects)."""
+
+
+def _construct_mapping(loader, node):
+    mapping = _Located(loader.construct_mapping(node, deep=True))
+    mapping.lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
+    mapping.lines["__self__"] = node.start_mark.line + 1
+    return mapping
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+@dataclass(frozen=True)
+class Cell:
+    config: dict
+    id: str
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        return (f"{c['attack']['name']} vs {c['defense']['name']} on {c['model']['name']}/{c['dataset']['name']} "
+                f"B={c['batch_size']} seed={c['seed']}")
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    cells: list[Cell]
+    source: str
+
+
+def cell_id(config: dict) -> str:
+    blob = json.dumps({"config": config, "version": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def packaged_suites() -> list[str]:
+    folder = resources.files("giabench") / "suites"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read(spec: str) -> tuple[str, str]:
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"suite file {spec}: no such file")
+        return path.read_text(), str(path)
+    if spec not in packaged_suites():
+        raise ConfigError(f"unknown suite {spec!r}; packaged: {', '.join(packaged_suites())} (or give a .yaml path)")
+    return (resources.files("giabench") / "suites" / f"{spec}.yaml").read_text(), spec
+
+
+def load(spec: str) -> Suite:
+    """Read a packaged suite by name or a YAML file by path, validate it and expand its grid into cells."""
+    text, source = _read(spec)
+    try:
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader subclasses yaml.SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: a suite is a mapping with keys name, description, defaults, grid")
+    return expand(doc, source)
+
+
+def _line(mapping: Any, key: str) -> str:
+    lines = getattr(mapping, "lines", {})
+    return f":{lines[key]}" if key in lines else (f":{lines['__self__']}" if "__self__" in lines else "")
+
+
+def expand(doc: dict, source: str = "<suite>") -> Suite:
+    unknown = sorted(set(doc) - {"name", "description", "defaults", "grid"})
+    if unknown:
+        raise ConfigError(f"{source}{_line(doc, unknown[0])}: unknown suite key {unknown[0]!r}; "
+                          "known: name, description, defaults, grid")
+    defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{source}{_line(doc, 'defaults')}: defaults must be a mapping of cell fields")
+    base = {key: _merge(BASE[key], value, key, f"{source}{_line(defaults, key)}")
+            for key, value in BASE.items()}
+    for key, value in defaults.items():
+        base[key] = _merge(BASE.get(key), value, key, f"{source}{_line(defaults, key)}")
+    grids = doc.get("grid") or [{}]
+    grids = grids if isinstance(grids, list) else [grids]
+    cells, seen = [], set()
+    for grid in grids:
+        if not isinstance(grid, dict):
+            raise ConfigError(f"{source}: each grid must be a mapping of field -> list of values")
+        axes = []
+        for key, values in grid.items():
+            where = f"{source}{_line(grid, key)}"
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                raise ConfigError(f"{where}: grid field {key!r} has no values")
+            axes.append([(key, value, where) for value in values])
+        for combo in itertools.product(*axes):
+            raw = dict(base)
+            for key, value, where in combo:
+                raw[key] = _merge(base.get(key), value, key, where)
+            config = resolve(raw, {key: where for key, _, where in combo}, source)
+            cell = Cell(config, cell_id(config))
+            if cell.id not in seen:
+                seen.add(cell.id)
+                cells.append(cell)
+    return Suite(str(doc.get("name", Path(source).stem)), str(doc.get("description", "")), cells, source)
+
+
+def _merge(current: Any, value: Any, key: str, where: str) -> Any:
+    if key not in CELL_KEYS:
+        raise ConfigError(f"{where}: unknown cell field {key!r}; known: {', '.join(CELL_KEYS)}")
+    if key in SCALARS:
+        if not isinstance(value, SCALARS[key]) or isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be {SCALARS[key].__name__}, got {value!r}")
+        return value
+    if isinstance(value, str):
+        return {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {key} must be a name or a mapping with 'name', got {value!r}")
+    if "name" in value:
+        return {k: v for k, v in value.items()}
+    return {**(current or {}), **{k: v for k, v in value.items()}}
+
+
+def resolve(raw: dict, wheres: dict, source: str) -> dict:
+    """Validate every component and fill in its defaults."""
+    config = {}
+    for key in COMPONENTS:
+        where = wheres.get(key, source)
+        params = {k: v for k, v in raw[key].items() if k != "name"}
+        name = raw[key].get("name")
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: {key}.name must be a string")
+        try:
+            config[key] = {"name": name, **_resolve_component(key, name, params)}
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+    for key in SCALARS:
+        config[key] = raw[key]
+    where = wheres.get("batch_size", source)
+    if config["batch_size"] < 1:
+        raise ConfigError(f"{where}: batch_size must be at least 1")
+    if config["selection"] not in data.SELECTIONS:
+        raise ConfigError(f"{wheres.get('selection', source)}: selection must be one of "
+                          f"{', '.join(data.SELECTIONS)}, got {config['selection']!r}")
+    return config
+
+
+def _resolve_component(key: str, name: str, params: dict) -> dict:
+    if key == "dataset":
+        return data.resolve_params(name, params, f"dataset {name}")
+    if key == "protocol":
+        return protocols.resolve_params(name, params, f"protocol {name}")
+    if key == "model":
+        state, mode = params.pop("state", "untrained"), params.pop("mode", "eval")
+        if not isinstance(state, str):
+            raise ConfigError(f"model {name}: state must be a string such as untrained or trained:500")
+        if mode not in MODES:
+            raise ConfigError(f"model {name}: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        return {"state": state, "mode": mode, **models.resolve(name, params, f"model {name}")}
+    if key == "defense":
+        resolved = defenses.resolve(name, params, f"defense {name}")
+        defenses.get(name)(None, **resolved)  # constructors check their values before touching the protocol
+        return resolved
+    resolved = attacks.resolve(name, params, f"attack {name}")
+    attacks.get(name)(**resolved)
+    return resolved

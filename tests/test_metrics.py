@@ -1,0 +1,52 @@
+import math
+import pickle
+
+import pytest
+import torch
+
+from giabench import data, lpips, metrics
+
+X = data.load("cifar10-sample").images[:4]
+Y = torch.tensor([3, 8, 8, 0])
+
+
+def test_perfect_reconstruction_in_any_order_scores_perfectly():
+    summary, rows, order = metrics.score(X.flip(0), Y.flip(0), X, Y)
+    assert order.tolist() == [3, 2, 1, 0]
+    assert math.isinf(summary["psnr"]) and summary["ssim"] == pytest.approx(1.0)
+    assert summary["lpips"] == pytest.approx(0.0, abs=1e-6) and summary["label_acc"] == 1.0
+    assert [r["label_pred"] for r in rows] == Y.tolist()
+
+
+def test_psnr_of_known_noise():
+    noisy = (X + 0.1).clamp(0, 1)
+    summary, rows, _ = metrics.score(noisy, None, X, Y, with_lpips=False)
+    mse = ((noisy - X) ** 2).flatten(1).mean(1)
+    assert summary["psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-4)
+    assert [r["psnr"] for r in rows] == pytest.approx((10 * torch.log10(1 / mse)).tolist(), rel=1e-4)
+    assert math.isnan(summary["label_acc"])
+
+
+def test_lpips_orders_distortions_and_reports_its_source():
+    net, source = lpips.load()
+    assert net is not None and "lpips" in source
+    noise = torch.randn(X.shape, generator=torch.Generator().manual_seed(0))
+    slight = net((X + 0.02 * noise).clamp(0, 1), X)
+    strong = net((X + 0.3 * noise).clamp(0, 1), X)
+    assert (slight < strong).all() and (slight >= 0).all()
+
+
+def test_label_accuracy_counts_multisets():
+    assert metrics.label_accuracy(torch.tensor([8, 8, 3, 1]), Y) == 0.75
+    assert metrics.label_accuracy(torch.tensor([0, 3, 8, 8]), Y) == 1.0
+
+
+def test_numpy_only_unpickler_refuses_code(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(pickle.dumps({"w": Payload()}))
+    with pytest.raises(pickle.UnpicklingError, match="only numpy arrays"):
+        lpips.load_numpy_pickle(path)

@@ -1,0 +1,58 @@
+import torch
+import torch.nn.functional as F
+
+from giabench import data, models, protocols
+
+D = data.load("cifar10-sample")
+
+
+def _setup(name="lenet"):
+    model = models.build(name, {}, D, "untrained", seed=0).eval()
+    x, y = data.sample(D, 4, seed=0)
+    return model, x, y
+
+
+def test_fedsgd_is_the_mean_gradient():
+    model, x, y = _setup()
+    update = protocols.build("fedsgd", {}, model).update(x, y)
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(update[name], p.grad, atol=1e-6)
+
+
+def test_fedavg_one_full_batch_step_is_lr_times_gradient():
+    model, x, y = _setup()
+    sgd = protocols.build("fedsgd", {}, model).update(x, y)
+    avg = protocols.build("fedavg", {"epochs": 1, "batch_size": 0, "lr": 0.5}, model).update(x, y)
+    assert all(torch.allclose(avg[k], 0.5 * sgd[k], atol=1e-6) for k in sgd)
+
+
+def test_fedavg_local_steps_follow_sgd():
+    model, x, y = _setup()
+    proto = protocols.build("fedavg", {"epochs": 2, "batch_size": 2, "lr": 0.1}, model)
+    assert proto.local_steps(x) == 4
+    reference = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    clone = models.build("lenet", {}, D, "untrained", seed=0).eval()
+    for _ in range(2):
+        for part in (slice(0, 2), slice(2, 4)):
+            for p, r in zip(clone.parameters(), reference, strict=False):
+                p.data.copy_(r.data)
+            clone.zero_grad()
+            F.cross_entropy(clone(x[part]), y[part]).backward()
+            for p, r in zip(clone.parameters(), reference, strict=False):
+                r.data -= 0.1 * p.grad
+    update = proto.update(x, y)
+    for (name, p0), r in zip(model.named_parameters(), reference, strict=False):
+        assert torch.allclose(update[name], p0.detach() - r.detach(), atol=1e-5)
+
+
+def test_updates_are_differentiable_in_the_inputs_and_leave_the_model_alone():
+    model, x, y = _setup("convnet")
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = x.clone().requires_grad_(True)
+    update = protocols.build("fedavg", {"epochs": 1, "batch_size": 2, "lr": 0.1}, model).update(x, y)
+    (grad_x,) = torch.autograd.grad(sum(v.pow(2).sum() for v in update.values()), x)
+    assert grad_x.abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics untouched
