@@ -28,11 +28,12 @@ class ServerView:
     num_classes: int
     batch_size: int
     labels: torch.Tensor | None = None  # granted only when the threat model includes the labels
+    surrogate: torch.Tensor | None = None  # images of the client's distribution, when the threat model grants them
 
 
 @dataclass
 class Reconstruction:
-    images: torch.Tensor  # B x C x H x W in [0, 1]
+    images: torch.Tensor | None  # B x C x H x W in [0, 1]; None for label-only attacks
     labels: torch.Tensor | None
     iterations: int  # gradient evaluations spent (the budget unit)
     trace: list[float] = field(default_factory=list)  # objective, sampled along the run
@@ -40,12 +41,28 @@ class Reconstruction:
 
 
 class Attack:
-    """Base class. Subclasses set the metadata below and implement ``reconstruct``."""
+    """Base class. Subclasses set the metadata below and implement ``reconstruct``.
+
+    ``needs`` lists capabilities of ``giabench.threats`` the attack always uses; ``requirements`` adds those its
+    parameters imply (known labels, a label method's own needs, the training details to simulate local steps)."""
 
     family = "optimization"  # optimization | generative | analytic | label
-    threat_model = "B"  # SoK letter: A eavesdropper ... H active manipulator
     needs: tuple[str, ...] = ()
+    assumes = ""  # one line for `giabench list attacks`
     budget_unit = "iterations"
+
+    def requirements(self, protocol: str) -> set[str]:
+        from giabench.attacks.labels import requirements as label_needs
+
+        needs = set(self.needs)
+        labels = getattr(self, "labels", "")
+        if labels == "known":
+            needs.add("labels")
+        elif labels.startswith("inferred"):
+            needs |= label_needs(labels)
+        if protocol != "fedsgd":
+            needs.add("training")
+        return needs
 
     def reconstruct(self, view: ServerView, simulate: Simulate, generator: torch.Generator,
                     progress: Progress | None = None) -> Reconstruction:

@@ -1,30 +1,116 @@
-"""Label inference from the last layer's weight gradient.
+"""Label inference from the last layer's gradient.
 
-iDLG (Zhao et al., arXiv 2001.02610, Sec. 3): for cross-entropy and non-negative penultimate features h,
-    dL/dW_c = (softmax(z)_c - 1[c = y]) h,
-so only the true class's row is non-positive. For a batch the rows add up; ranking classes by the row sums
-s_c = sum_j dL/dW_{c,j} and taking the B most negative recovers a batch of distinct labels (Yin et al., CVPR 2021,
-Sec. 3.1); with repeated labels it returns each class once at most.
+For cross-entropy and penultimate features h >= 0 (after ReLU or sigmoid), sample k contributes
+    dL/dW_c = (1/B) (p_{k,c} - 1[c = y_k]) h_k,    dL/db_c = (1/B) (p_{k,c} - 1[c = y_k]),
+so a class present in the batch pulls its row of the weight gradient negative. All methods read the row sums
+g_c = sum_j dL/dW_{c,j} of the observed message.
+
+- ``idlg``: iDLG (Zhao, Mopuri, Bilen, arXiv 2001.02610, Sec. 3): the single label argmin_c g_c; for B > 1 the B most
+  negative row sums (each class at most once).
+- ``yin``: Yin et al. (CVPR 2021, Sec. 3.1): the B classes with the smallest min_j dL/dW_{c,j}; assumes distinct labels.
+- ``llg``: LLG (Wainakh et al., PETS 2022): every class with g_c < 0 is present; the impact of one sample is
+  m = (1 + 1/C) sum_{g_c < 0} g_c / B; after each pick g_c -= m, then repeatedly pick argmin_c g_c until B labels.
+  (The popular re-implementation that subtracts from a stale index, so that stage two keeps picking one class, is not
+  reproduced.)
+- ``llg+``: LLG with the impact m and per-class offsets s_c estimated on the current model from surrogate data
+  (threat model D): for every class c, batches of B surrogate images all labelled c give g^(c);
+  m = (1 + 1/C) mean_c g^(c)_c / B and s_j = mean_{c != j} g^(c)_j; then LLG on g - s. Once the offsets are
+  removed an absent class scatters around 0 rather than sitting above it, so stage one takes the classes with
+  g_c - s_c < m / 2 (half a sample's impact) instead of g_c < 0.
 """
 
 from __future__ import annotations
 
 import torch
 
+from giabench.errors import ConfigError
+
+LLG_PLUS_REPEATS = 10
+
 
 def row_sums(view) -> torch.Tensor:
-    weight = view.message[view.model.classifier_weight]
-    return weight.detach().sum(dim=1)
+    return view.message[view.model.classifier_weight].detach().sum(dim=1).cpu()
 
 
-def idlg(view) -> torch.Tensor:
-    """The B classes with the most negative row sums (B = 1: exactly iDLG's rule)."""
+def _fill(labels: list[int], scores: torch.Tensor, batch: int) -> torch.Tensor:
+    """Pad ``labels`` to the batch size with the best-scoring classes (lowest score first), cycling if needed."""
+    order = torch.argsort(scores).tolist()
+    i = 0
+    while len(labels) < batch:
+        labels.append(order[i % len(order)])
+        i += 1
+    return torch.tensor(labels[:batch])
+
+
+def idlg(view, simulate=None) -> torch.Tensor:
     sums = row_sums(view)
-    k = min(view.batch_size, sums.numel())
-    labels = torch.argsort(sums)[:k]
-    if k < view.batch_size:  # more images than classes: repeat the most likely classes
-        labels = labels.repeat(view.batch_size // k + 1)[: view.batch_size]
-    return labels.cpu()
+    return _fill(torch.argsort(sums)[: view.batch_size].tolist(), sums, view.batch_size)
 
 
-METHODS = {"idlg": idlg}
+def yin(view, simulate=None) -> torch.Tensor:
+    minima = view.message[view.model.classifier_weight].detach().min(dim=1).values.cpu()
+    return _fill(torch.argsort(minima)[: view.batch_size].tolist(), minima, view.batch_size)
+
+
+def _llg(g: torch.Tensor, batch: int, impact: torch.Tensor | float, threshold: float = 0.0) -> torch.Tensor:
+    g = g.clone()
+    negative = torch.nonzero(g < threshold).flatten()
+    negative = negative[torch.argsort(g[negative])][:batch].tolist()
+    labels = []
+    for c in negative:  # stage 1: every negative row is a present class
+        labels.append(c)
+        g[c] -= impact
+    while len(labels) < batch:  # stage 2: the most negative remaining row, its impact removed after each pick
+        c = int(torch.argmin(g))
+        labels.append(c)
+        g[c] -= impact
+    return torch.tensor(labels)
+
+
+def llg(view, simulate=None) -> torch.Tensor:
+    g = row_sums(view)
+    negative = g[g < 0]
+    if negative.numel() == 0:
+        return idlg(view)
+    impact = (1 + 1 / g.numel()) * negative.sum() / view.batch_size
+    return _llg(g, view.batch_size, impact)
+
+
+def llg_plus(view, simulate) -> torch.Tensor:
+    if view.surrogate is None or len(view.surrogate) == 0:
+        raise ConfigError("label method llg+ needs surrogate data (threat model D or higher)")
+    classes, batch = view.num_classes, view.batch_size
+    generator = torch.Generator().manual_seed(0)
+    device = view.model.mean.device
+    per_class = torch.zeros(classes, classes)  # row c: mean g over batches all labelled c
+    for c in range(classes):
+        for _ in range(LLG_PLUS_REPEATS):
+            index = torch.randint(len(view.surrogate), (batch,), generator=generator)
+            x = view.surrogate[index].to(device)
+            y = torch.full((batch,), c, device=device)
+            weight = simulate(x, y)[view.model.classifier_weight].detach()
+            per_class[c] += weight.sum(dim=1).cpu() / LLG_PLUS_REPEATS
+    impact = (1 + 1 / classes) * per_class.diagonal().mean() / batch
+    off_diagonal = ~torch.eye(classes, dtype=torch.bool)
+    offsets = (per_class * off_diagonal).sum(dim=0) / (classes - 1)
+    return _llg(row_sums(view) - offsets, batch, impact, threshold=float(impact) / 2)
+
+
+METHODS = {"idlg": idlg, "yin": yin, "llg": llg, "llg+": llg_plus}
+NEEDS = {"llg+": {"surrogate-data"}}
+
+
+def parse(mode: str) -> str:
+    """The method name of ``inferred`` / ``inferred:NAME``."""
+    method = mode.split(":", 1)[1] if ":" in mode else "idlg"
+    if method not in METHODS:
+        raise ConfigError(f"unknown label method {method!r}; known: {', '.join(METHODS)}")
+    return method
+
+
+def requirements(mode: str) -> set[str]:
+    return set(NEEDS.get(parse(mode), set()))
+
+
+def infer(mode: str, view, simulate) -> torch.Tensor:
+    return METHODS[parse(mode)](view, simulate).cpu()

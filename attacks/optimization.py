@@ -35,7 +35,17 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-def resolve_labels(mode: str, view, allowed: tuple[str, ...]) -> torch.Tensor | None:
+def check_labels(mode: str, allowed: tuple[str, ...] = ()) -> None:
+    if mode == "known" or mode in allowed:
+        return
+    if mode.startswith("inferred"):
+        label_methods.parse(mode)
+        return
+    raise ConfigError(f"labels must be one of known, inferred[:METHOD]{''.join(', ' + a for a in allowed)}; "
+                      f"got {mode!r}")
+
+
+def resolve_labels(mode: str, view, simulate) -> torch.Tensor | None:
     """Labels for the dummy batch: ``known`` (granted by the threat model), ``inferred[:METHOD]`` (from the message),
     or ``None`` when the attack optimizes them itself (``optimized``)."""
     if mode == "known":
@@ -43,14 +53,8 @@ def resolve_labels(mode: str, view, allowed: tuple[str, ...]) -> torch.Tensor | 
             raise ConfigError("attack needs labels: known, but the threat model does not grant them")
         return view.labels
     if mode.startswith("inferred"):
-        method = mode.split(":", 1)[1] if ":" in mode else "idlg"
-        if method not in label_methods.METHODS:
-            raise ConfigError(f"unknown label method {method!r}; known: {', '.join(label_methods.METHODS)}")
-        return label_methods.METHODS[method](view)
-    if mode in allowed:
-        return None
-    raise ConfigError(f"labels must be one of known, inferred[:METHOD]{''.join(', ' + a for a in allowed)}; "
-                      f"got {mode!r}")
+        return label_methods.infer(mode, view, simulate)
+    return None
 
 
 def initial_images(view, generator: torch.Generator) -> torch.Tensor:
@@ -62,20 +66,21 @@ def initial_images(view, generator: torch.Generator) -> torch.Tensor:
 
 @attack("dlg")
 class DLG(Attack):
+    assumes = "no prior; labels optimized jointly (or known / inferred)"
+
     """Deep Leakage from Gradients (Zhu, Liu, Han, NeurIPS 2019, Alg. 1): L-BFGS on the dummy images (and, with
     ``labels: optimized``, on dummy label logits y' = softmax(v)) minimizing sum_l || g'_l - g_l ||^2 (Eq. 4).
     One iteration is one L-BFGS step with one gradient evaluation."""
 
-    needs = ()
-
     def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "optimized"):
         if iterations < 1 or lr <= 0:
             raise ConfigError("attack dlg: iterations >= 1 and lr > 0")
+        check_labels(labels, ("optimized",))
         self.iterations, self.lr, self.labels = iterations, lr, labels
 
     def reconstruct(self, view, simulate, generator, progress=None):
         device = view.model.mean.device
-        fixed = resolve_labels(self.labels, view, ("optimized",))
+        fixed = resolve_labels(self.labels, view, simulate)
         x = initial_images(view, generator).clamp(0, 1).requires_grad_(True)
         variables = [x]
         if fixed is None:
@@ -114,6 +119,8 @@ class IDLG(DLG):
     """Improved DLG (Zhao, Mopuri, Bilen, arXiv 2001.02610): the label is read off the sign of the last layer's
     weight gradient (Sec. 3, see ``giabench.attacks.labels``), then DLG runs with that label fixed."""
 
+    assumes = "labels inferred from the last layer's gradient (iDLG rule)"
+
     def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "inferred"):
         super().__init__(iterations=iterations, lr=lr, labels=labels)
 
@@ -127,10 +134,14 @@ class InvertingGradients(Attack):
     run, pixels clamped to [0, 1] after every step, and ``restarts`` independent runs of which the lowest final
     objective wins."""
 
+    needs = ("priors",)
+    assumes = "image priors (total variation, pixel box); labels known (or inferred)"
+
     def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1,
                  labels: str = "known"):
         if iterations < 1 or lr <= 0 or tv < 0 or restarts < 1:
             raise ConfigError("attack ig: iterations >= 1, lr > 0, tv >= 0 and restarts >= 1")
+        check_labels(labels)
         self.iterations, self.lr, self.tv, self.restarts, self.labels = iterations, lr, tv, restarts, labels
 
     def objective(self, z, y, simulate, obs, mean, std):
@@ -138,7 +149,7 @@ class InvertingGradients(Attack):
 
     def reconstruct(self, view, simulate, generator, progress=None):
         device = view.model.mean.device
-        y = resolve_labels(self.labels, view, ()).to(device)
+        y = resolve_labels(self.labels, view, simulate).to(device)
         obs = {k: v.to(device) for k, v in view.message.items()}
         mean, std = view.model.mean, view.model.std
         low, high = (0 - mean) / std, (1 - mean) / std

@@ -70,7 +70,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from giabench import suite
+    from giabench import suite, threats
     from giabench.registry import registry
 
     if args.kind == "suites":
@@ -83,7 +83,8 @@ def cmd_list(args) -> int:
         doc = (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
         meta = ""
         if args.kind == "attacks":
-            meta = f"[{obj.family}, threat model {obj.threat_model}] "
+            needs = obj(**{k: v for k, v in reg.defaults(name).items()}).requirements("fedsgd")
+            meta = f"[{obj.family}; threat model {threats.minimal(needs)} by default; assumes {obj.assumes}] "
         params = ", ".join(f"{k}={v!r}" for k, v in reg.defaults(name).items())
         print(f"{name:16s} {meta}{doc}\n{'':16s} parameters: {params or 'none'}")
     return 0

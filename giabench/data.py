@@ -247,7 +247,13 @@ SELECTIONS = ("random", "unique", "ordered")
 
 
 def sample(data: ImageSet, batch_size: int, seed: int, labels: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
-    """A deterministic client batch.
+    """A deterministic client batch (see ``sample_index``)."""
+    index = sample_index(data, batch_size, seed, labels)
+    return data.images[index].clone(), data.labels[index].clone()
+
+
+def sample_index(data: ImageSet, batch_size: int, seed: int, labels: str = "random") -> torch.Tensor:
+    """Indices of a deterministic client batch.
 
     ``labels``: ``random`` draws images without replacement (labels may repeat), ``unique`` draws images with
     pairwise different labels, ``ordered`` takes the ``seed``-th consecutive block of ``batch_size`` images (so seeds
@@ -277,4 +283,4 @@ def sample(data: ImageSet, batch_size: int, seed: int, labels: str = "random") -
         index = (torch.arange(batch_size) + seed * batch_size) % n
     else:
         raise ConfigError(f"labels must be one of {', '.join(SELECTIONS)}, got {labels!r}")
-    return data.images[index].clone(), data.labels[index].clone()
+    return index

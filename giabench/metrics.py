@@ -41,32 +41,48 @@ def match(recon: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
 
 
 def label_accuracy(pred: torch.Tensor | None, truth: torch.Tensor) -> float:
+    """Label-count accuracy: |multiset(pred) & multiset(truth)| / B."""
     if pred is None:
         return math.nan
     common = Counter(pred.tolist()) & Counter(truth.tolist())
     return sum(common.values()) / len(truth)
 
 
-def score(recon: torch.Tensor, labels: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor,
+def label_set_accuracy(pred: torch.Tensor | None, truth: torch.Tensor) -> float:
+    """Label-set (existence) accuracy: |set(pred) & set(truth)| / |set(pred) | set(truth)|."""
+    if pred is None:
+        return math.nan
+    p, t = set(pred.tolist()), set(truth.tolist())
+    return len(p & t) / len(p | t)
+
+
+def score(recon: torch.Tensor | None, labels: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor,
           with_lpips: bool = True) -> tuple[dict, list[dict], np.ndarray]:
-    """Summary scores, one row per private image, and the matching order."""
-    recon = recon.detach().float().cpu().clamp(0, 1)
+    """Summary scores, one row per private image, and the matching order (label-only attacks: ``recon`` None)."""
     x = x.detach().float().cpu()
-    order = match(recon, x)
-    matched = recon[order]
-    net, source = lpips.load() if with_lpips else (None, "not computed")
-    if net is not None:
-        with torch.no_grad():
-            distances = net(matched, x).tolist()
+    if recon is None:
+        order = np.arange(len(x))
+        rows = [{"image": j, "matched": None, "label": int(y[j]), "label_pred": None, "mse": math.nan,
+                 "psnr": math.nan, "ssim": math.nan, "lpips": math.nan} for j in range(len(x))]
+        source = "no images"
     else:
-        distances = [math.nan] * len(x)
-    rows = []
-    for j in range(len(x)):
-        mse = float(((matched[j] - x[j]) ** 2).mean())
-        rows.append({"image": j, "matched": int(order[j]), "label": int(y[j]),
-                     "label_pred": int(labels[order[j]]) if labels is not None else None,
-                     "mse": mse, "psnr": psnr(mse), "ssim": ssim(matched[j], x[j]), "lpips": distances[j]})
+        recon = recon.detach().float().cpu().clamp(0, 1)
+        order = match(recon, x)
+        matched = recon[order]
+        net, source = lpips.load() if with_lpips else (None, "not computed")
+        if net is not None:
+            with torch.no_grad():
+                distances = net(matched, x).tolist()
+        else:
+            distances = [math.nan] * len(x)
+        rows = []
+        for j in range(len(x)):
+            mse = float(((matched[j] - x[j]) ** 2).mean())
+            rows.append({"image": j, "matched": int(order[j]), "label": int(y[j]),
+                         "label_pred": int(labels[order[j]]) if labels is not None else None,
+                         "mse": mse, "psnr": psnr(mse), "ssim": ssim(matched[j], x[j]), "lpips": distances[j]})
     summary = {key: float(np.mean([r[key] for r in rows])) for key in ("mse", "psnr", "ssim", "lpips")}
     summary["label_acc"] = label_accuracy(labels, y.cpu())
+    summary["label_set_acc"] = label_set_accuracy(labels, y.cpu())
     summary["lpips_source"] = source
     return summary, rows, order

@@ -19,7 +19,7 @@ from giabench.errors import ConfigError
 
 KINDS = ("attacks", "defenses", "models", "datasets")
 _BUILTIN_MODULES = {
-    "attacks": ("giabench.attacks.optimization",),
+    "attacks": ("giabench.attacks.optimization", "giabench.attacks.analytic"),
     "defenses": ("giabench.defenses.baselines", "giabench.defenses.dp_sgd"),
     "models": ("giabench.models",),
     "datasets": ("giabench.data",),

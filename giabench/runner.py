@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from giabench import __version__, data, metrics, models, protocols
+from giabench import __version__, data, metrics, models, protocols, threats
 from giabench.attacks.base import ServerView
 from giabench.errors import ConfigError
 from giabench.registry import attacks, datasets, defenses
@@ -63,8 +63,8 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
     config, seed = cell.config, cell.config["seed"]
     device = torch.device(env.device)
     imageset = _dataset(config, env)
-    x, y = data.sample(imageset, config["batch_size"], seed, config["selection"])
-    x, y = x.to(device), y.to(device)
+    index = data.sample_index(imageset, config["batch_size"], seed, config["selection"])
+    x, y = imageset.images[index].to(device), imageset.labels[index].to(device)
     model_cfg = {k: v for k, v in config["model"].items() if k not in ("name", "state", "mode")}
     model = models.build(config["model"]["name"], model_cfg, imageset, config["model"]["state"], seed).to(device)
     model.train(config["model"]["mode"] == "train")
@@ -76,9 +76,10 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
 
     attack_cfg = {k: v for k, v in config["attack"].items() if k != "name"}
     attacker = attacks.get(config["attack"]["name"])(**attack_cfg)
-    grants_labels = str(attack_cfg.get("labels", "")) == "known"
+    threat = config["threat_model"]
     view = ServerView(model, protocol, message, dict(client.public), imageset.shape, imageset.num_classes,
-                      x.shape[0], y.detach().cpu() if grants_labels else None)
+                      x.shape[0], y.detach().cpu() if threats.grants(threat, "labels") else None,
+                      surrogate(imageset, index) if threats.grants(threat, "surrogate-data") else None)
     start = time.perf_counter()
     recon = attacker.reconstruct(view, client.simulate, _seeded(seed, 2), progress)
     wall = time.perf_counter() - start
@@ -89,7 +90,7 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
         "cell": cell.id, "attack": config["attack"]["name"], "defense": config["defense"]["name"],
         "dataset": config["dataset"]["name"], "model": config["model"]["name"],
         "protocol": config["protocol"]["name"], "batch_size": config["batch_size"], "seed": seed,
-        "selection": config["selection"], **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc")},
+        "selection": config["selection"], "threat_model": threat, "distinct_labels": len(set(y.tolist())), **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc")},
         "lpips_source": summary["lpips_source"], "iterations": recon.iterations, "wall_s": wall,
         "epsilon": cost["epsilon"], "delta": cost["delta"], "bytes": cost["bytes"],
         "attack_params": attack_cfg, "defense_params": defense_cfg,
@@ -98,8 +99,16 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
         "versions": {"giabench": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "config": config,
     }
-    grid = image_grid(x.cpu(), recon.images[order].cpu())
+    shown = recon.images[order].cpu() if recon.images is not None else torch.ones_like(x.cpu())
+    grid = image_grid(x.cpu(), shown)
     return row, image_rows, grid
+
+
+def surrogate(imageset: data.ImageSet, private: torch.Tensor) -> torch.Tensor:
+    """The dataset's images other than the client's batch: the attacker's surrogate data (threat model D and up)."""
+    keep = torch.ones(len(imageset), dtype=torch.bool)
+    keep[private] = False
+    return imageset.images[keep]
 
 
 def image_grid(truth: torch.Tensor, recon: torch.Tensor, pad: int = 2) -> np.ndarray:

@@ -6,6 +6,7 @@
       dataset: cifar10-sample
       model: {name: convnet, width: 16, state: untrained}
       attack: {name: ig, iterations: 500}
+      threat_model: B              # optional: A-H (giabench.threats); default the weakest that the attack needs
     grid:                          # cartesian product of the lists; a list of such mappings is their union
       defense: [none, {name: dp-sgd, noise_multiplier: 1.0}]
       seed: [0, 1]
@@ -27,17 +28,17 @@ from typing import Any
 
 import yaml
 
-from giabench import __version__, data, protocols
+from giabench import __version__, data, protocols, threats
 from giabench.errors import ConfigError
 from giabench.models import MODES
 from giabench.registry import attacks, defenses, models
 
 COMPONENTS = ("dataset", "model", "protocol", "defense", "attack")
-SCALARS = {"batch_size": int, "seed": int, "selection": str}
+SCALARS = {"batch_size": int, "seed": int, "selection": str, "threat_model": str}
 CELL_KEYS = COMPONENTS + tuple(SCALARS)
 BASE = {"dataset": {"name": "cifar10-sample"}, "model": {"name": "convnet", "state": "untrained"},
         "protocol": {"name": "fedsgd"}, "defense": {"name": "none"}, "attack": {"name": "ig"},
-        "batch_size": 1, "seed": 0, "selection": "random"}
+        "batch_size": 1, "seed": 0, "selection": "random", "threat_model": ""}
 
 
 class _Located(dict):
@@ -195,6 +196,16 @@ def resolve(raw: dict, wheres: dict, source: str) -> dict:
     if config["selection"] not in data.SELECTIONS:
         raise ConfigError(f"{wheres.get('selection', source)}: selection must be one of "
                           f"{', '.join(data.SELECTIONS)}, got {config['selection']!r}")
+    attack = config["attack"]
+    needs = attacks.get(attack["name"])(**{k: v for k, v in attack.items() if k != "name"}).requirements(
+        config["protocol"]["name"])
+    if config["threat_model"]:
+        try:
+            threats.check(config["threat_model"], needs, attack["name"])
+        except ConfigError as exc:
+            raise ConfigError(f"{wheres.get('threat_model', wheres.get('attack', source))}: {exc}") from exc
+    else:
+        config["threat_model"] = threats.minimal(needs)
     return config
 
 

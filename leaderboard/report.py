@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from giabench.leaderboard import tables
 from giabench.leaderboard.tables import ranking
 
 _STYLE = """
@@ -75,11 +76,15 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     rank = ranking(frame)
     rank.insert(0, "rank", rank.index)
     summary = _table(rank, ["rank", "attack", "attack_params", "defense", "defense_params", "dataset", "model",
-                            "protocol", "batch_size", "psnr", "ssim", "lpips", "label_acc", "epsilon", "bytes",
+                            "protocol", "batch_size", "threat_model", "psnr", "ssim", "lpips", "label_acc", "epsilon",
+                            "bytes",
                             "iterations", "cells"])
     detail = _table(frame, ["attack", "defense", "defense_params", "dataset", "model", "protocol", "batch_size",
                             "seed", "psnr", "ssim", "lpips", "label_acc", "iterations", "wall_s", "epsilon", "cell"],
                     extra=("originals / reconstructions", lambda row: _image(run_dir, row["image"])))
+    labels = tables.label_track(frame)
+    label_html = _table(labels, ["attack", "attack_params", "defense", "model", "model_params", "batch_size",
+                                 "repeats", "label_acc", "label_set_acc", "cells"]) if len(labels) else "<p>none</p>"
     source = html.escape(str(frame["lpips_source"].iloc[0])) if len(frame) else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_STYLE}</style></head><body>
@@ -87,6 +92,7 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
 <p>{len(frame)} cells. PSNR and SSIM: higher means more leakage; LPIPS-alex: lower means more leakage
 ({source}). Epsilon is inf for defenses without a DP guarantee. Click a header to sort.</p>
 <h2>Ranking (mean over seeds)</h2>{summary}
+<h2>Label inference (label_acc: label counts; label_set_acc: which classes are present)</h2>{label_html}
 <h2>Cells</h2>{detail}
 <script>{_SORT}</script></body></html>"""
     Path(path).write_text(page, encoding="utf-8")

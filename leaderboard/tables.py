@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
+from giabench.errors import GiabenchError
+from giabench.registry import registry
 from giabench.store import Store
 
 CSV_COLUMNS = ["attack", "defense", "dataset", "model", "protocol", "batch_size", "seed", "psnr", "ssim", "lpips",
                "label_acc", "iterations", "wall_s", "epsilon", "bytes", "cell", "attack_params", "defense_params",
-               "model_params", "protocol_params", "selection", "delta", "mse", "lpips_source", "device", "image"]
+               "model_params", "protocol_params", "selection", "threat_model", "label_set_acc", "distinct_labels",
+               "delta", "mse", "lpips_source", "device", "image"]
 SETTING = ["attack", "attack_params", "defense", "defense_params", "dataset", "model", "model_params", "protocol",
-           "protocol_params", "batch_size"]
-METRICS = ["psnr", "ssim", "lpips", "label_acc"]
+           "protocol_params", "batch_size", "threat_model"]
+METRICS = ["psnr", "ssim", "lpips", "label_acc", "label_set_acc"]
 
 
 def cells(run_dir: str | Path) -> pd.DataFrame:
@@ -33,25 +37,43 @@ def ranking(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _setting_label(params: str) -> str:
-    """Compact 'k=v' text of a JSON parameter string for the terminal."""
-    import json
-
+def _short(kind: str, name: str, params: str) -> str:
+    """``name(k=v,...)`` with only the parameters that differ from the component's defaults."""
     items = json.loads(params) if params else {}
-    return ",".join(f"{k}={v}" for k, v in items.items())
+    defaults = {"state": "untrained", "mode": "eval"}
+    try:
+        defaults.update(registry(kind).defaults(name))
+    except GiabenchError:  # a component whose package is not installed here
+        pass
+    changed = ",".join(f"{k}={v}" for k, v in items.items() if defaults.get(k) != v)
+    return f"{name}({changed})" if changed else name
 
 
 def terminal(table: pd.DataFrame) -> str:
+    def short(kind, column):
+        return [_short(kind, n, p) for n, p in zip(table[column.split("_")[0]], table[column], strict=True)]
+
     view = pd.DataFrame({
-        "attack": table["attack"], "defense": table["defense"] + table["defense_params"].map(
-            lambda p: f"({_setting_label(p)})" if _setting_label(p) else ""),
-        "model": table["model"], "data": table["dataset"], "B": table["batch_size"],
+        "attack": short("attacks", "attack_params"), "defense": short("defenses", "defense_params"),
+        "model": short("models", "model_params"), "data": table["dataset"], "B": table["batch_size"],
         "PSNR": table["psnr"].map("{:.2f}".format), "SSIM": table["ssim"].map("{:.3f}".format),
         "LPIPS": table["lpips"].map("{:.3f}".format), "label": table["label_acc"].map("{:.2f}".format),
         "eps": table["epsilon"].map(lambda e: "inf" if e is None or math.isnan(e) or math.isinf(e) else f"{e:.2f}"),
         "cells": table["cells"],
     })
     return view.to_string()
+
+
+def label_track(frame: pd.DataFrame) -> pd.DataFrame:
+    """Label-count and label-set accuracy of every cell that recovers labels, per method, model and batch size,
+    split by whether the batch repeated a label."""
+    labelled = frame[frame["label_acc"].notna()].copy()
+    labelled["repeats"] = labelled["distinct_labels"] < labelled["batch_size"]
+    keys = ["attack", "attack_params", "defense", "model", "model_params", "batch_size", "repeats"]
+    grouped = labelled.groupby(keys, sort=True)
+    table = grouped[["label_acc", "label_set_acc"]].mean()
+    table["cells"] = grouped.size()
+    return table.reset_index()
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> None:

@@ -53,7 +53,7 @@ def test_unknown_attack_names_the_known_ones_and_the_line(tmp_path):
           seed: [0]
           attack: [ig, deepleak]
     """)
-    with pytest.raises(ConfigError, match=r"s.yaml:5: unknown attack 'deepleak'; known: .*dlg, idlg, ig"):
+    with pytest.raises(ConfigError, match=r"s.yaml:5: unknown attack 'deepleak'; known: dlg, fc-invert, idlg, ig, infer-labels"):
         suite.load(path)
 
 
@@ -81,3 +81,23 @@ def test_unknown_suite_and_missing_file():
         suite.load("nope")
     with pytest.raises(ConfigError, match="no such file"):
         suite.load("missing.yaml")
+
+
+def test_threat_model_defaults_to_the_weakest_that_the_attack_needs(tmp_path):
+    loaded = suite.load(_write(tmp_path, """
+        grid:
+          - attack: [{name: dlg}, {name: ig}, {name: ig, labels: "inferred:llg+"}]
+          - attack: ig
+            protocol: {name: fedavg, epochs: 2}
+    """))
+    assert [c.config["threat_model"] for c in loaded.cells] == ["A", "B", "D", "C"]
+
+
+def test_threat_model_refusal_names_the_missing_capability(tmp_path):
+    path = _write(tmp_path, "defaults: {attack: ig, threat_model: A}\n")
+    with pytest.raises(ConfigError, match=r"attack ig needs labels \(the client's labels\); priors .*which threat "
+                                          r"model A \(Eavesdropper\) does not grant; the weakest that does is B"):
+        suite.load(path)
+    path = _write(tmp_path, "defaults: {attack: {name: ig, labels: 'inferred:llg+'}, threat_model: C}\n")
+    with pytest.raises(ConfigError, match=r"needs surrogate-data"):
+        suite.load(path)
