@@ -1,7 +1,7 @@
 """Analytic attacks: closed-form inversion of the message, no optimization.
 
-``fc-invert`` (Phong et al., IEEE TIFS 2018; the building block of every analytic attack): for a linear layer y = W x + b
-and per-sample output gradients delta_k,
+``fc-invert`` (Phong et al., IEEE TIFS 2018; the building block of every analytic attack): for a linear layer
+y = W x + b and per-sample output gradients delta_k,
     dL/dW_i = (1/B) sum_k delta_{k,i} x_k^T,   dL/db_i = (1/B) sum_k delta_{k,i},
 so a row i to which only sample k contributes gives x_k = (dL/dW_i) / (dL/db_i) exactly, for any batch size. Rows
 mixing several samples give delta-weighted averages. We divide every row with |dL/db_i| above a tolerance, group the
@@ -12,10 +12,10 @@ largest groups, each averaged.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import Attack, Reconstruction
+from torch import nn
+
 from giabench.errors import ConfigError
 from giabench.registry import attack
 
