@@ -12,10 +12,10 @@ largest groups, each averaged.
 from __future__ import annotations
 
 import torch
-from giabench.attacks import labels as label_methods
-from giabench.attacks.base import Attack, Reconstruction
 from torch import nn
 
+from giabench.attacks import labels as label_methods
+from giabench.attacks.base import Attack, Reconstruction
 from giabench.errors import ConfigError
 from giabench.registry import attack
 
@@ -95,3 +95,106 @@ class InferLabels(Attack):
         if progress:
             progress(1)
         return Reconstruction(None, y, 1)
+
+
+class ImprintedModel(nn.Module):
+    """Robbing the Fed's malicious model: an imprint block in front of the broadcast classifier,
+        h = act(W* x + b*),  x' = reshape(W2 h + b2),  logits = classifier(x'),
+    with every row of W* the same query ``a`` times a gain, b*_i = -gain * c_i, and W2 all 1/gain."""
+
+    def __init__(self, classifier: nn.Module, query: torch.Tensor, cutoffs: torch.Tensor, widths: torch.Tensor | None,
+                 gain: float, shape: tuple[int, int, int]):
+        super().__init__()
+        bins, dim = cutoffs.numel(), query.numel()
+        self.shape, self.gain, self.sparse = shape, gain, widths is not None
+        self.imprint = nn.Linear(dim, bins)
+        self.expand = nn.Linear(bins, dim)
+        scale = gain / widths if widths is not None else torch.full((bins,), gain)
+        with torch.no_grad():
+            self.imprint.weight.copy_(scale[:, None] * query[None, :])
+            self.imprint.bias.copy_(-scale * cutoffs)
+            self.expand.weight.fill_(1.0 / gain)
+            self.expand.bias.fill_(-float(cutoffs[1:].mean()) if bins > 1 else 0.0)
+        self.classifier = classifier
+        self.mean, self.std = classifier.mean, classifier.std
+
+    @property
+    def classifier_weight(self) -> str:
+        return f"classifier.{self.classifier.classifier_weight}"
+
+    def forward(self, x):
+        h = self.imprint(x.flatten(1))
+        h = torch.clamp(h, 0, self.gain) if self.sparse else torch.relu(h)
+        return self.classifier(self.expand(h).view(-1, *self.shape))
+
+
+@attack("rtf")
+class RobbingTheFed(Attack):
+    """Robbing the Fed (Fowl, Geiping, Czaja, Goldblum, Goldstein, ICLR 2022, Sec. 3): a malicious server inserts an
+    imprint block of K bins measuring the query q(x) = a . x (``avg``: mean brightness; ``fourier``: a DCT-II mode;
+    ``random``: a random unit direction), with cut-offs c_i at the quantiles F^-1(i/K) of q over surrogate data
+    (a normal fit). Cumulative bins: neuron i fires iff q(x) > c_i, so neighbouring rows differ by the samples
+    with c_i < q(x) <= c_{i+1} and
+        x = (dL/dW_i - dL/dW_{i+1}) / (dL/db_i - dL/db_{i+1})                                  (Eq. 4)
+    is exact when that bin holds one sample. ``sparse``: a hard-tanh neuron is linear only inside its own bin, so
+    x = dL/dW_i / dL/db_i without differencing, which survives several local steps. The expected number of bins
+    holding exactly one of B samples is B (1 - 1/K)^(B-1)."""
+
+    family = "analytic"
+    needs = ("modify-model", "surrogate-data")
+    assumes = "an active server that inserts the imprint block and knows the query's distribution (surrogate data)"
+
+    def __init__(self, *, bins: int = 64, query: str = "avg", variant: str = "cumulative", gain: float = 1.0,
+                 mode: int = 1, labels: str = "inferred:llg"):
+        if bins < 2 or gain <= 0 or query not in ("avg", "fourier", "random") or variant not in ("cumulative",
+                                                                                              "sparse"):
+            raise ConfigError("attack rtf: bins >= 2, gain > 0, query avg|fourier|random, variant cumulative|sparse")
+        if not labels.startswith("inferred"):
+            raise ConfigError("attack rtf: labels must be inferred[:METHOD] (the attack needs no labels)")
+        self.bins, self.query, self.variant, self.gain, self.mode = bins, query, variant, gain, mode
+        self.labels = labels
+
+    def _query(self, shape, generator) -> torch.Tensor:
+        c, h, w = shape
+        if self.query == "avg":
+            return torch.full((c * h * w,), 1.0 / (c * h * w))
+        if self.query == "random":
+            a = torch.randn(c * h * w, generator=generator)
+            return a / a.norm()
+        rows = torch.cos(torch.pi * (torch.arange(h) + 0.5) * self.mode / h)  # DCT-II mode along the height
+        return (rows[None, :, None].expand(c, h, w) / (c * h * w) ** 0.5).flatten()
+
+    def prepare(self, model, shape, surrogate, generator):
+        if surrogate is None or len(surrogate) < 2:
+            raise ConfigError("attack rtf needs surrogate data to place its bins")
+        query = self._query(shape, generator)
+        values = surrogate.flatten(1).cpu() @ query
+        normal = torch.distributions.Normal(values.mean(), values.std())
+        if self.variant == "cumulative":
+            inner = normal.icdf(torch.arange(1, self.bins) / self.bins)
+            cutoffs, widths = torch.cat([torch.tensor([values.min() - 10 * values.std()]), inner]), None
+        else:
+            edges = normal.icdf(torch.arange(1, self.bins + 2) / (self.bins + 2))
+            cutoffs, widths = edges[:-1], edges[1:] - edges[:-1]
+        self.query_vector, self.cutoffs = query, cutoffs  # kept for analysis: which sample falls in which bin
+        return ImprintedModel(model, query, cutoffs, widths, self.gain, shape).to(model.mean.device)
+
+    def reconstruct(self, view, simulate, generator, progress=None):
+        weight = view.message["imprint.weight"].detach().double().cpu()
+        bias = view.message["imprint.bias"].detach().double().cpu()
+        if self.variant == "cumulative":
+            weight = weight[:-1] - weight[1:]
+            bias = bias[:-1] - bias[1:]
+        occupied = bias.abs() > 1e-9 * bias.abs().max().clamp_min(1e-30)
+        strongest = torch.argsort(bias.abs() * occupied, descending=True)[: view.batch_size]
+        strongest = strongest[occupied[strongest]]
+        images = torch.zeros(view.batch_size, *view.shape)
+        if strongest.numel():
+            found = (weight[strongest] / bias[strongest, None]).float().view(-1, *view.shape)
+            images[: found.shape[0]] = found.clamp(0, 1)
+        y = label_methods.infer(self.labels, view, simulate)
+        if progress:
+            progress(1)
+        expected = view.batch_size * (1 - 1 / self.bins) ** (view.batch_size - 1)
+        return Reconstruction(images, y, 1, extra={"occupied_bins": int(occupied.sum()),
+                                                   "expected_single_bins": expected})

@@ -64,6 +64,11 @@ class Attack:
             needs.add("training")
         return needs
 
+    def prepare(self, model: torch.nn.Module, shape: tuple[int, int, int], surrogate: torch.Tensor | None,
+                generator: torch.Generator) -> torch.nn.Module:
+        """The model the server broadcasts; only active (malicious-server) attacks change it."""
+        return model
+
     def reconstruct(self, view: ServerView, simulate: Simulate, generator: torch.Generator,
                     progress: Progress | None = None) -> Reconstruction:
         raise NotImplementedError

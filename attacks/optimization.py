@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
+
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import Attack, Reconstruction
-
 from giabench.errors import ConfigError
 from giabench.registry import attack
 

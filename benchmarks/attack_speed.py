@@ -14,11 +14,11 @@ import statistics
 import time
 
 import torch
+
+from giabench import data, models, protocols
 from giabench.attacks.base import ServerView
 from giabench.attacks.optimization import InvertingGradients
 from giabench.defenses.baselines import NoDefense
-
-from giabench import data, models, protocols
 
 
 def _timed(fn, repeats: int, device: str) -> float:

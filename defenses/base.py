@@ -31,12 +31,16 @@ class Client:
         """Post-processing of the finished update; ``generator=None`` means simulate."""
         return update
 
+    def update(self, x: torch.Tensor, y: torch.Tensor, rule: GradRule | None) -> Update:
+        """The update before post-processing (secure aggregation overrides it to sum several clients)."""
+        return self.protocol.update(x, y, rule)
+
     def share(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Update:
-        update = self.protocol.update(x.detach(), y, self.rule(generator))
+        update = self.update(x.detach(), y, self.rule(generator))
         return {k: v.detach() for k, v in self.transform(update, generator).items()}
 
     def simulate(self, x: torch.Tensor, y: torch.Tensor) -> Update:
-        return self.transform(self.protocol.update(x, y, self.rule(None)), None)
+        return self.transform(self.update(x, y, self.rule(None)), None)
 
     def numel(self) -> int:
         return sum(p.numel() for p in self.protocol.params.values())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-from giabench.defenses.base import Client, gaussian_like
 
+from giabench.defenses.base import Client, gaussian_like
 from giabench.errors import ConfigError
 from giabench.registry import defense
 

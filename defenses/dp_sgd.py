@@ -11,8 +11,8 @@ protocol's local steps), at the stated delta.
 from __future__ import annotations
 
 import torch
-from giabench.defenses.base import Client, gaussian_like
 
+from giabench.defenses.base import Client, gaussian_like
 from giabench.errors import ConfigError
 from giabench.registry import defense
 

@@ -4,7 +4,8 @@ Batch order is not recoverable from a summed gradient, so reconstructions are fi
 optimal assignment (Hungarian algorithm, scipy ``linear_sum_assignment``) on pairwise MSE. Then per image:
     MSE = mean (x_hat - x)^2,   PSNR = 10 log10(1 / MSE)  (pixels in [0, 1]),
 SSIM (Wang et al., 2004) as scikit-image computes it (7x7 uniform window, data range 1), LPIPS-alex v0.1 (see
-``giabench.lpips``), and label accuracy as the size of the multiset intersection of true and recovered labels over B.
+``giabench.lpips``), label accuracy as the size of the multiset intersection of true and recovered labels over B, and
+the count of exactly recovered images (PSNR above 40 dB).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
 
 from giabench import lpips
+
+EXACT_DB = 40.0  # a reconstruction above this PSNR counts as exactly recovered (Robbing the Fed's criterion)
 
 
 def psnr(mse: float) -> float:
@@ -82,6 +85,7 @@ def score(recon: torch.Tensor | None, labels: torch.Tensor | None, x: torch.Tens
                          "label_pred": int(labels[order[j]]) if labels is not None else None,
                          "mse": mse, "psnr": psnr(mse), "ssim": ssim(matched[j], x[j]), "lpips": distances[j]})
     summary = {key: float(np.mean([r[key] for r in rows])) for key in ("mse", "psnr", "ssim", "lpips")}
+    summary["exact"] = sum(r["psnr"] > EXACT_DB for r in rows) if recon is not None else None
     summary["label_acc"] = label_accuracy(labels, y.cpu())
     summary["label_set_acc"] = label_set_accuracy(labels, y.cpu())
     summary["lpips_source"] = source

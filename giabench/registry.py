@@ -20,7 +20,7 @@ from giabench.errors import ConfigError
 KINDS = ("attacks", "defenses", "models", "datasets")
 _BUILTIN_MODULES = {
     "attacks": ("giabench.attacks.optimization", "giabench.attacks.analytic"),
-    "defenses": ("giabench.defenses.baselines", "giabench.defenses.dp_sgd"),
+    "defenses": ("giabench.defenses.baselines", "giabench.defenses.dp_sgd", "giabench.defenses.secagg"),
     "models": ("giabench.models",),
     "datasets": ("giabench.data",),
 }

@@ -68,18 +68,19 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
     model_cfg = {k: v for k, v in config["model"].items() if k not in ("name", "state", "mode")}
     model = models.build(config["model"]["name"], model_cfg, imageset, config["model"]["state"], seed).to(device)
     model.train(config["model"]["mode"] == "train")
+    threat = config["threat_model"]
+    others = surrogate(imageset, index) if threats.grants(threat, "surrogate-data") else None
+    attack_cfg = {k: v for k, v in config["attack"].items() if k != "name"}
+    attacker = attacks.get(config["attack"]["name"])(**attack_cfg)
+    model = attacker.prepare(model, imageset.shape, others, _seeded(seed, 3))
     protocol_cfg = {k: v for k, v in config["protocol"].items() if k != "name"}
     protocol = protocols.build(config["protocol"]["name"], protocol_cfg, model)
     defense_cfg = {k: v for k, v in config["defense"].items() if k != "name"}
     client = defenses.get(config["defense"]["name"])(protocol, **defense_cfg)
     message = client.share(x, y, _seeded(seed, 1))
 
-    attack_cfg = {k: v for k, v in config["attack"].items() if k != "name"}
-    attacker = attacks.get(config["attack"]["name"])(**attack_cfg)
-    threat = config["threat_model"]
     view = ServerView(model, protocol, message, dict(client.public), imageset.shape, imageset.num_classes,
-                      x.shape[0], y.detach().cpu() if threats.grants(threat, "labels") else None,
-                      surrogate(imageset, index) if threats.grants(threat, "surrogate-data") else None)
+                      x.shape[0], y.detach().cpu() if threats.grants(threat, "labels") else None, others)
     start = time.perf_counter()
     recon = attacker.reconstruct(view, client.simulate, _seeded(seed, 2), progress)
     wall = time.perf_counter() - start
@@ -91,7 +92,7 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
         "dataset": config["dataset"]["name"], "model": config["model"]["name"],
         "protocol": config["protocol"]["name"], "batch_size": config["batch_size"], "seed": seed,
         "selection": config["selection"], "threat_model": threat, "distinct_labels": len(set(y.tolist())),
-        **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc")},
+        **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc", "exact")},
         "lpips_source": summary["lpips_source"], "iterations": recon.iterations, "wall_s": wall,
         "epsilon": cost["epsilon"], "delta": cost["delta"], "bytes": cost["bytes"],
         "attack_params": attack_cfg, "defense_params": defense_cfg,

@@ -20,11 +20,10 @@ CELL_COLUMNS = {
     "cell": "TEXT PRIMARY KEY", "suite": "TEXT", "attack": "TEXT", "defense": "TEXT", "dataset": "TEXT",
     "model": "TEXT", "protocol": "TEXT", "batch_size": "INTEGER", "seed": "INTEGER", "psnr": "REAL", "ssim": "REAL",
     "lpips": "REAL", "mse": "REAL", "label_acc": "REAL", "label_set_acc": "REAL", "distinct_labels": "INTEGER",
-    "iterations": "INTEGER", "wall_s": "REAL",
-    "epsilon": "REAL", "delta": "REAL", "bytes": "INTEGER", "attack_params": "TEXT", "defense_params": "TEXT",
-    "model_params": "TEXT", "protocol_params": "TEXT", "selection": "TEXT", "threat_model": "TEXT",
-    "lpips_source": "TEXT",
-    "device": "TEXT", "versions": "TEXT", "config": "TEXT", "image": "TEXT", "finished_at": "TEXT",
+    "exact": "INTEGER", "iterations": "INTEGER", "wall_s": "REAL", "epsilon": "REAL", "delta": "REAL",
+    "bytes": "INTEGER", "attack_params": "TEXT", "defense_params": "TEXT", "model_params": "TEXT",
+    "protocol_params": "TEXT", "selection": "TEXT", "threat_model": "TEXT", "lpips_source": "TEXT", "device": "TEXT",
+    "versions": "TEXT", "config": "TEXT", "image": "TEXT", "finished_at": "TEXT",
 }
 IMAGE_COLUMNS = {
     "cell": "TEXT", "image": "INTEGER", "matched": "INTEGER", "label": "INTEGER", "label_pred": "INTEGER",

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+
 from giabench.leaderboard import tables
 from giabench.leaderboard.tables import ranking
 
@@ -76,7 +77,8 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     rank = ranking(frame)
     rank.insert(0, "rank", rank.index)
     summary = _table(rank, ["rank", "attack", "attack_params", "defense", "defense_params", "dataset", "model",
-                            "protocol", "batch_size", "threat_model", "psnr", "ssim", "lpips", "label_acc", "epsilon",
+                            "protocol", "batch_size", "threat_model", "psnr", "ssim", "lpips", "exact", "label_acc",
+                            "epsilon",
                             "bytes",
                             "iterations", "cells"])
     detail = _table(frame, ["attack", "defense", "defense_params", "dataset", "model", "protocol", "batch_size",

@@ -15,7 +15,7 @@ from giabench.store import Store
 CSV_COLUMNS = ["attack", "defense", "dataset", "model", "protocol", "batch_size", "seed", "psnr", "ssim", "lpips",
                "label_acc", "iterations", "wall_s", "epsilon", "bytes", "cell", "attack_params", "defense_params",
                "model_params", "protocol_params", "selection", "threat_model", "label_set_acc", "distinct_labels",
-               "delta", "mse", "lpips_source", "device", "image"]
+               "exact", "delta", "mse", "lpips_source", "device", "image"]
 SETTING = ["attack", "attack_params", "defense", "defense_params", "dataset", "model", "model_params", "protocol",
            "protocol_params", "batch_size", "threat_model"]
 METRICS = ["psnr", "ssim", "lpips", "label_acc", "label_set_acc"]
@@ -30,7 +30,7 @@ def cells(run_dir: str | Path) -> pd.DataFrame:
 def ranking(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean metrics per setting over seeds, most leakage (highest PSNR) first."""
     grouped = frame.groupby(SETTING, dropna=False, sort=False)
-    table = grouped[METRICS + ["iterations", "wall_s", "epsilon", "bytes"]].mean()
+    table = grouped[METRICS + ["exact", "iterations", "wall_s", "epsilon", "bytes"]].mean()
     table["cells"] = grouped.size()
     table = table.reset_index().sort_values("psnr", ascending=False, kind="stable").reset_index(drop=True)
     table.index = table.index + 1
@@ -58,6 +58,7 @@ def terminal(table: pd.DataFrame) -> str:
         "model": short("models", "model_params"), "data": table["dataset"], "B": table["batch_size"],
         "PSNR": table["psnr"].map("{:.2f}".format), "SSIM": table["ssim"].map("{:.3f}".format),
         "LPIPS": table["lpips"].map("{:.3f}".format), "label": table["label_acc"].map("{:.2f}".format),
+        "exact": table["exact"].map(lambda e: "" if pd.isna(e) else f"{e:.1f}"),
         "eps": table["epsilon"].map(lambda e: "inf" if e is None or math.isnan(e) or math.isinf(e) else f"{e:.2f}"),
         "cells": table["cells"],
     })

@@ -1,10 +1,10 @@
 import pytest
 import torch
-from giabench.attacks.analytic import FCInvert, group_candidates
-from giabench.attacks.base import ServerView
 from torch import nn
 
 from giabench import data, metrics, models, protocols
+from giabench.attacks.analytic import FCInvert, group_candidates
+from giabench.attacks.base import ServerView
 from giabench.errors import ConfigError
 from giabench.registry import defenses
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from giabench.attacks import labels
-from giabench.attacks.base import ServerView
 
 from giabench import data, models, protocols
+from giabench.attacks import labels
+from giabench.attacks.base import ServerView
 from giabench.errors import ConfigError
 from giabench.registry import defenses
 from giabench.runner import surrogate

@@ -1,0 +1,39 @@
+"""Secure aggregation (Bonawitz et al., CCS 2017): the server learns only the sum of the clients' updates,
+    m = sum_{k=1..K} u(x_k, y_k),
+never an individual u(x_k, y_k). The cell's batch is split into K contiguous, near-equal shards, one per simulated
+client, each running the protocol on its own shard. The masking itself is exact (pairwise masks cancel), so it is
+modelled by its result; each client still uploads a full-size (masked) update. The adaptive attacker knows K and the
+shard sizes and matches the sum.
+"""
+
+from __future__ import annotations
+
+from giabench.defenses.base import Client
+from giabench.errors import ConfigError
+from giabench.registry import defense
+
+
+def shards(n: int, clients: int) -> list[slice]:
+    if n < clients:
+        raise ConfigError(f"defense secagg: the batch ({n}) must hold at least one image per client ({clients})")
+    bounds = [round(i * n / clients) for i in range(clients + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+@defense("secagg")
+class SecureAggregation(Client):
+    """The server sees the sum of ``clients`` updates, each from one shard of the batch."""
+
+    def __init__(self, protocol, *, clients: int = 4):
+        super().__init__(protocol)
+        if clients < 1:
+            raise ConfigError(f"defense secagg: clients must be >= 1, got {clients}")
+        self.clients = clients
+        self.public = {"clients": clients}
+
+    def update(self, x, y, rule):
+        total = None
+        for part in shards(x.shape[0], self.clients):
+            update = self.protocol.update(x[part], y[part], rule)
+            total = update if total is None else {k: total[k] + update[k] for k in total}
+        return total
