@@ -46,12 +46,17 @@ def pick_device(name: str) -> str:
 
 
 def _dataset(config: dict, env: Environment) -> data.ImageSet:
-    params = {k: v for k, v in config["dataset"].items() if k != "name"}
+    params = _params(config, "dataset")
     name = config["dataset"]["name"]
     if not name.startswith("folder:") and "root" in datasets.defaults(name):
         params["root"] = params.get("root") or env.data_root
         params["download"] = params.get("download") or env.download
     return data.load(name, **params)
+
+
+def _params(config: dict, component: str, *drop: str) -> dict:
+    """A component's parameters without its name (and without ``drop``)."""
+    return {k: v for k, v in config[component].items() if k not in ("name", *drop)}
 
 
 def _seeded(seed: int, stream: int) -> torch.Generator:
@@ -65,17 +70,17 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
     imageset = _dataset(config, env)
     index = data.sample_index(imageset, config["batch_size"], seed, config["selection"])
     x, y = imageset.images[index].to(device), imageset.labels[index].to(device)
-    model_cfg = {k: v for k, v in config["model"].items() if k not in ("name", "state", "mode")}
+    model_cfg = _params(config, "model", "state", "mode")
     model = models.build(config["model"]["name"], model_cfg, imageset, config["model"]["state"], seed).to(device)
     model.train(config["model"]["mode"] == "train")
     threat = config["threat_model"]
     others = surrogate(imageset, index) if threats.grants(threat, "surrogate-data") else None
-    attack_cfg = {k: v for k, v in config["attack"].items() if k != "name"}
+    attack_cfg = _params(config, "attack")
     attacker = attacks.get(config["attack"]["name"])(**attack_cfg)
     model = attacker.prepare(model, imageset.shape, others, _seeded(seed, 3))
-    protocol_cfg = {k: v for k, v in config["protocol"].items() if k != "name"}
+    protocol_cfg = _params(config, "protocol")
     protocol = protocols.build(config["protocol"]["name"], protocol_cfg, model)
-    defense_cfg = {k: v for k, v in config["defense"].items() if k != "name"}
+    defense_cfg = _params(config, "defense")
     client = defenses.get(config["defense"]["name"])(protocol, **defense_cfg)
     message = client.share(x, y, _seeded(seed, 1))
 
@@ -96,7 +101,7 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
         "lpips_source": summary["lpips_source"], "iterations": recon.iterations, "wall_s": wall,
         "epsilon": cost["epsilon"], "delta": cost["delta"], "bytes": cost["bytes"],
         "attack_params": attack_cfg, "defense_params": defense_cfg,
-        "model_params": {k: v for k, v in config["model"].items() if k != "name"}, "protocol_params": protocol_cfg,
+        "model_params": _params(config, "model"), "protocol_params": protocol_cfg,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
         "versions": {"giabench": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "config": config,
@@ -124,7 +129,7 @@ def image_grid(truth: torch.Tensor, recon: torch.Tensor, pad: int = 2) -> np.nda
     return (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def _run_and_pack(cell: Cell, env: Environment):
+def _run_in_worker(cell: Cell, env: Environment):
     torch.set_num_threads(1)
     return run_cell(cell, env)
 
@@ -161,7 +166,7 @@ def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1,
         import multiprocessing
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_and_pack, cell, env): cell for cell in todo}
+            futures = {pool.submit(_run_in_worker, cell, env): cell for cell in todo}
             for future in as_completed(futures):
                 finish(futures[future], future.result())
     bar.close()

@@ -197,8 +197,11 @@ def resolve(raw: dict, wheres: dict, source: str) -> dict:
         raise ConfigError(f"{wheres.get('selection', source)}: selection must be one of "
                           f"{', '.join(data.SELECTIONS)}, got {config['selection']!r}")
     attack = config["attack"]
-    needs = attacks.get(attack["name"])(**{k: v for k, v in attack.items() if k != "name"}).requirements(
-        config["protocol"]["name"])
+    try:  # constructing the attack checks its values; its parameters say what it needs
+        instance = attacks.get(attack["name"])(**{k: v for k, v in attack.items() if k != "name"})
+    except ConfigError as exc:
+        raise ConfigError(f"{wheres.get('attack', source)}: {exc}") from exc
+    needs = instance.requirements(config["protocol"]["name"])
     if config["threat_model"]:
         try:
             threats.check(config["threat_model"], needs, attack["name"])
@@ -225,6 +228,4 @@ def _resolve_component(key: str, name: str, params: dict) -> dict:
         resolved = defenses.resolve(name, params, f"defense {name}")
         defenses.get(name)(None, **resolved)  # constructors check their values before touching the protocol
         return resolved
-    resolved = attacks.resolve(name, params, f"attack {name}")
-    attacks.get(name)(**resolved)
-    return resolved
+    return attacks.resolve(name, params, f"attack {name}")
