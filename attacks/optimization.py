@@ -66,11 +66,11 @@ def initial_images(view, generator: torch.Generator) -> torch.Tensor:
 
 @attack("dlg")
 class DLG(Attack):
-    assumes = "no prior; labels optimized jointly (or known / inferred)"
-
     """Deep Leakage from Gradients (Zhu, Liu, Han, NeurIPS 2019, Alg. 1): L-BFGS on the dummy images (and, with
     ``labels: optimized``, on dummy label logits y' = softmax(v)) minimizing sum_l || g'_l - g_l ||^2 (Eq. 4).
     One iteration is one L-BFGS step with one gradient evaluation."""
+
+    assumes = "no prior; labels optimized jointly (or known / inferred)"
 
     def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "optimized"):
         if iterations < 1 or lr <= 0:
@@ -102,11 +102,12 @@ class DLG(Attack):
         steps = 0
         while steps < self.iterations:
             steps += 1
-            loss = optimizer.step(closure).item()
+            before = x.detach().clone()
+            loss = optimizer.step(closure).item()  # the objective at ``before``
             if not math.isfinite(loss):  # L-BFGS without line search can diverge; keep the best iterate
                 break
             if loss < best[0]:
-                best = (loss, x.detach().clone())
+                best = (loss, before)
             trace.append(loss)
             if progress:
                 progress(1)

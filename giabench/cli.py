@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from giabench.errors import GiabenchError
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     regress = sub.add_parser("regress", help="run a suite and compare its attack metrics with a baseline CSV")
     regress.add_argument("--suite", default="smoke")
     regress.add_argument("--baseline", required=True)
-    regress.add_argument("--out", help="run folder (default: runs/regress-SUITE)")
+    regress.add_argument("--out", help="run folder (default: a fresh temporary folder, so that nothing is reused)")
     regress.add_argument("--update", action="store_true", help="write the run's table as the new baseline")
     regress.add_argument("--quiet", action="store_true")
     return parser
@@ -125,9 +126,10 @@ def cmd_regress(args) -> int:
 
     loaded = suite.load(args.suite)
     baseline = None if args.update else regress.read_baseline(args.baseline)
-    out = Path(args.out or Path("runs") / f"regress-{loaded.name}")
-    runner.run_suite(loaded, out, runner.Environment(), show_progress=not args.quiet)
-    frame = tables.cells(out)
+    with tempfile.TemporaryDirectory(prefix="giabench-regress-") as scratch:
+        out = Path(args.out or scratch)
+        runner.run_suite(loaded, out, runner.Environment(), show_progress=not args.quiet)
+        frame = tables.cells(out)
     frame = frame[frame["cell"].isin([c.id for c in loaded.cells])]
     if args.update:
         tables.write_csv(frame, args.baseline)

@@ -34,9 +34,9 @@ class Protocol:
         self.buffers: Update = {k: v.detach() for k, v in model.named_buffers()}
 
     def loss(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy; ``y`` is class indices or a (soft) label distribution. Buffers are copied, so
-        batch-norm running statistics of the broadcast model never change."""
-        buffers = {k: v.clone() for k, v in self.buffers.items()}
+        """Mean cross-entropy; ``y`` is class indices or a (soft) label distribution. In train mode the buffers are
+        copied, so batch-norm running statistics of the broadcast model never change (eval mode does not write them)."""
+        buffers = {k: v.clone() for k, v in self.buffers.items()} if self.model.training else self.buffers
         logits = functional_call(self.model, (params, buffers), (x,))
         if y.dtype.is_floating_point:
             return torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1).mean()
