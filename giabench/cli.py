@@ -70,6 +70,12 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _summary(doc: str, width: int = 150) -> str:
+    """The first paragraph of a docstring on one line, shortened to ``width`` characters."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    return paragraph if len(paragraph) <= width else paragraph[: width - 3].rstrip() + "..."
+
+
 def cmd_list(args) -> int:
     from giabench import suite, threats
     from giabench.registry import registry
@@ -81,7 +87,7 @@ def cmd_list(args) -> int:
     reg = registry(args.kind)
     for name in reg.names():
         obj = reg.get(name)
-        doc = (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+        doc = _summary(obj.__doc__ or "")
         meta = ""
         if args.kind == "attacks":
             needs = obj(**{k: v for k, v in reg.defaults(name).items()}).requirements("fedsgd")
