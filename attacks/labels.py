@@ -17,6 +17,11 @@ g_c = sum_j dL/dW_{c,j} of the observed message.
   m = (1 + 1/C) mean_c g^(c)_c / B and s_j = mean_{c != j} g^(c)_j; then LLG on g - s. Once the offsets are
   removed an absent class scatters around 0 rather than sitting above it, so stage one takes the classes with
   g_c - s_c < m / 2 (half a sample's impact) instead of g_c < 0.
+- ``ilrg``: iLRG (Ma et al., ICLR 2023, Sec. 4): class-wise mean embeddings e_j = (dL/dW_j) / (dL/db_j), their
+  post-softmax predictions P_j = softmax(W e_j + b), and the per-class counts n solving
+      sum_j n_j = B,    sum_j n_j P_{j,i} - n_i = B dL/db_i   (i = 1..C)
+  by the Moore-Penrose pseudo-inverse, then clipped at 0, rounded and corrected to sum to B. Needs a last-layer bias
+  and the mean-gradient (FedSGD) message.
 """
 
 from __future__ import annotations
@@ -96,7 +101,47 @@ def llg_plus(view, simulate) -> torch.Tensor:
     return _llg(row_sums(view) - offsets, batch, impact, threshold=float(impact) / 2)
 
 
-METHODS = {"idlg": idlg, "yin": yin, "llg": llg, "llg+": llg_plus}
+def counts_to_labels(counts: torch.Tensor) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(counts.numel()), counts)
+
+
+def round_counts(raw: torch.Tensor, batch: int) -> torch.Tensor:
+    """Non-negative whole counts summing to ``batch``: round, then move the largest rounding errors."""
+    counts = raw.clamp_min(0).round().long()
+    counts[counts > batch] = 0
+    error = counts.double() - raw
+    surplus = int(counts.sum()) - batch
+    if surplus > 0:  # take from the classes rounded up the most (that still have a count)
+        for c in torch.argsort(error, descending=True).tolist():
+            if surplus == 0:
+                break
+            if counts[c] > 0:
+                counts[c] -= 1
+                surplus -= 1
+    elif surplus < 0:  # give to the classes rounded down the most
+        for c in torch.argsort(error).tolist()[: -surplus]:
+            counts[c] += 1
+    return counts
+
+
+def ilrg(view, simulate=None) -> torch.Tensor:
+    weight_name = view.model.classifier_weight
+    bias_name = weight_name[: -len("weight")] + "bias"
+    if bias_name not in view.message:
+        raise ConfigError("label method ilrg needs a last layer with a bias")
+    weight, bias = view.protocol.params[weight_name].double().cpu(), view.protocol.params[bias_name].double().cpu()
+    grad_w, grad_b = view.message[weight_name].double().cpu(), view.message[bias_name].double().cpu()
+    safe = torch.where(grad_b.abs() > 0, grad_b, torch.ones_like(grad_b))
+    embeddings = torch.where(grad_b[:, None].abs() > 0, grad_w / safe[:, None], torch.zeros_like(grad_w))
+    probs = torch.softmax(embeddings @ weight.T + bias, dim=1)  # row j: prediction at class j's mean embedding
+    classes = grad_b.numel()
+    system = torch.cat([torch.ones(1, classes), probs.T - torch.eye(classes)])
+    values = torch.cat([torch.tensor([float(view.batch_size)]), view.batch_size * grad_b])
+    raw = torch.linalg.pinv(system) @ values
+    return counts_to_labels(round_counts(raw, view.batch_size))
+
+
+METHODS = {"idlg": idlg, "yin": yin, "llg": llg, "llg+": llg_plus, "ilrg": ilrg}
 NEEDS = {"llg+": {"surrogate-data"}}
 
 

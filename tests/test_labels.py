@@ -68,3 +68,21 @@ def test_llg_plus_needs_surrogate_data():
     view.surrogate = None
     with pytest.raises(ConfigError, match="surrogate data"):
         labels.llg_plus(view, client.simulate)
+
+
+def test_ilrg_counts_repeated_labels_on_an_untrained_model():
+    scores = []
+    for seed in range(5):
+        view, client, y = _view(16, seed, classes_in_batch=[0, 3, 6, 9])
+        predicted = labels.ilrg(view, client.simulate)
+        assert len(predicted) == 16
+        scores.append(_count_accuracy(predicted, y))
+    assert sum(scores) / len(scores) >= 0.9
+
+
+def test_round_counts_sums_to_the_batch():
+    # rounds to [3, 0, 0, 2] (sum 5); class 3 was rounded up the most (by 0.4), so it gives one back
+    counts = labels.round_counts(torch.tensor([2.7, 0.4, -0.3, 1.6], dtype=torch.float64), 4)
+    assert counts.tolist() == [3, 0, 0, 1]
+    short = labels.round_counts(torch.tensor([1.4, 1.3, 0.2], dtype=torch.float64), 4)  # rounds to sum 2
+    assert short.tolist() == [2, 2, 0]
