@@ -54,8 +54,7 @@ class FCInvert(Attack):
     def __init__(self, *, tol: float = 1e-3, labels: str = "inferred"):
         if tol <= 0:
             raise ConfigError("attack fc-invert: tol > 0")
-        if labels != "known" and not labels.startswith("inferred"):
-            raise ConfigError(f"attack fc-invert: labels must be known or inferred[:METHOD], got {labels!r}")
+        label_methods.check(labels)
         self.tol, self.labels = tol, labels
 
     def reconstruct(self, view, simulate, generator, progress=None):
@@ -72,7 +71,7 @@ class FCInvert(Attack):
         images = (normalized.view(-1, *view.shape) * std + mean).float().clamp(0, 1)
         if images.shape[0] < view.batch_size:  # fewer distinct inputs than samples: repeat the strongest
             images = images[torch.arange(view.batch_size) % images.shape[0]]
-        y = view.labels if self.labels == "known" else label_methods.infer(self.labels, view, simulate)
+        y = label_methods.resolve(self.labels, view, simulate)
         if progress:
             progress(1)
         return Reconstruction(images, y, 1, extra={"rows": int(active.sum())})
@@ -88,7 +87,6 @@ class InferLabels(Attack):
     def __init__(self, *, method: str = "llg"):
         self.labels = f"inferred:{method}"
         label_methods.parse(self.labels)
-        self.method = method
 
     def reconstruct(self, view, simulate, generator, progress=None):
         y = label_methods.infer(self.labels, view, simulate)
@@ -116,7 +114,14 @@ class ImprintedModel(nn.Module):
             self.expand.weight.fill_(1.0 / gain)
             self.expand.bias.fill_(-float(cutoffs[1:].mean()) if bins > 1 else 0.0)
         self.classifier = classifier
-        self.mean, self.std = classifier.mean, classifier.std
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.classifier.mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.classifier.std
 
     @property
     def classifier_weight(self) -> str:

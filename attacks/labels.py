@@ -159,3 +159,26 @@ def requirements(mode: str) -> set[str]:
 
 def infer(mode: str, view, simulate) -> torch.Tensor:
     return METHODS[parse(mode)](view, simulate).cpu()
+
+
+def check(mode: str, allowed: tuple[str, ...] = ()) -> None:
+    """Validate an attack's ``labels`` parameter: ``known``, ``inferred[:METHOD]`` or one of ``allowed``."""
+    if mode == "known" or mode in allowed:
+        return
+    if mode.startswith("inferred"):
+        parse(mode)
+        return
+    raise ConfigError(f"labels must be one of known, inferred[:METHOD]{''.join(', ' + a for a in allowed)}; "
+                      f"got {mode!r}")
+
+
+def resolve(mode: str, view, simulate) -> torch.Tensor | None:
+    """Labels for the dummy batch: ``known`` (granted by the threat model), ``inferred[:METHOD]`` (from the message),
+    or ``None`` when the attack optimizes them itself (``optimized``)."""
+    if mode == "known":
+        if view.labels is None:
+            raise ConfigError("attack needs labels: known, but the threat model does not grant them")
+        return view.labels
+    if mode.startswith("inferred"):
+        return infer(mode, view, simulate)
+    return None

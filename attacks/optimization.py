@@ -35,28 +35,6 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-def check_labels(mode: str, allowed: tuple[str, ...] = ()) -> None:
-    if mode == "known" or mode in allowed:
-        return
-    if mode.startswith("inferred"):
-        label_methods.parse(mode)
-        return
-    raise ConfigError(f"labels must be one of known, inferred[:METHOD]{''.join(', ' + a for a in allowed)}; "
-                      f"got {mode!r}")
-
-
-def resolve_labels(mode: str, view, simulate) -> torch.Tensor | None:
-    """Labels for the dummy batch: ``known`` (granted by the threat model), ``inferred[:METHOD]`` (from the message),
-    or ``None`` when the attack optimizes them itself (``optimized``)."""
-    if mode == "known":
-        if view.labels is None:
-            raise ConfigError("attack needs labels: known, but the threat model does not grant them")
-        return view.labels
-    if mode.startswith("inferred"):
-        return label_methods.infer(mode, view, simulate)
-    return None
-
-
 def initial_images(view, generator: torch.Generator) -> torch.Tensor:
     """Gaussian noise with the dataset's pixel mean and std (N(0, I) in the model's normalized space)."""
     mean, std = view.model.mean.cpu(), view.model.std.cpu()
@@ -75,12 +53,12 @@ class DLG(Attack):
     def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "optimized"):
         if iterations < 1 or lr <= 0:
             raise ConfigError("attack dlg: iterations >= 1 and lr > 0")
-        check_labels(labels, ("optimized",))
+        label_methods.check(labels, ("optimized",))
         self.iterations, self.lr, self.labels = iterations, lr, labels
 
     def reconstruct(self, view, simulate, generator, progress=None):
         device = view.model.mean.device
-        fixed = resolve_labels(self.labels, view, simulate)
+        fixed = label_methods.resolve(self.labels, view, simulate)
         x = initial_images(view, generator).clamp(0, 1).requires_grad_(True)
         variables = [x]
         if fixed is None:
@@ -142,7 +120,7 @@ class InvertingGradients(Attack):
                  labels: str = "known"):
         if iterations < 1 or lr <= 0 or tv < 0 or restarts < 1:
             raise ConfigError("attack ig: iterations >= 1, lr > 0, tv >= 0 and restarts >= 1")
-        check_labels(labels)
+        label_methods.check(labels)
         self.iterations, self.lr, self.tv, self.restarts, self.labels = iterations, lr, tv, restarts, labels
 
     def objective(self, z, y, simulate, obs, mean, std):
@@ -150,7 +128,7 @@ class InvertingGradients(Attack):
 
     def reconstruct(self, view, simulate, generator, progress=None):
         device = view.model.mean.device
-        y = resolve_labels(self.labels, view, simulate).to(device)
+        y = label_methods.resolve(self.labels, view, simulate).to(device)
         obs = {k: v.to(device) for k, v in view.message.items()}
         mean, std = view.model.mean, view.model.std
         low, high = (0 - mean) / std, (1 - mean) / std
