@@ -16,7 +16,7 @@ from torch import nn
 
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import Attack, Reconstruction
-from giabench.errors import ConfigError
+from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
 
 
@@ -27,7 +27,7 @@ def first_linear(model: nn.Module) -> str:
             if isinstance(module, nn.Linear):
                 return name
             break
-    raise ConfigError("attack fc-invert needs a model whose first layer is fully connected (e.g. mlp)")
+    raise NotApplicable("fc-invert needs a model whose first layer is fully connected (e.g. mlp)")
 
 
 def group_candidates(candidates: torch.Tensor, weights: torch.Tensor, count: int, tol: float) -> torch.Tensor:
@@ -64,7 +64,7 @@ class FCInvert(Attack):
         scale = bias.abs().max()
         active = bias.abs() > 1e-6 * scale if scale > 0 else torch.zeros_like(bias, dtype=torch.bool)
         if not active.any():
-            raise ConfigError("attack fc-invert: the first layer's bias gradient is zero")
+            raise NotApplicable("fc-invert: the first layer's bias gradient is zero")
         candidates = weight[active] / bias[active, None]
         normalized = group_candidates(candidates, bias[active].abs(), view.batch_size, self.tol)
         mean, std = view.model.mean.cpu().double(), view.model.std.cpu().double()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from giabench.errors import ConfigError
+from giabench.errors import ConfigError, NotApplicable
 
 LLG_PLUS_REPEATS = 10
 
@@ -158,6 +158,9 @@ def requirements(mode: str) -> set[str]:
 
 
 def infer(mode: str, view, simulate) -> torch.Tensor:
+    if view.model.classifier_weight not in view.message:
+        raise NotApplicable(f"label inference ({parse(mode)}) reads the classifier's gradient, which this message does "
+                            "not carry in the clear (e.g. a sketch); use labels: known")
     return METHODS[parse(mode)](view, simulate).cpu()
 
 

@@ -121,7 +121,7 @@ def cmd_show(args) -> int:
     print(f"cell {row['cell']} in {run_dir}")
     print(json.dumps(json.loads(row["config"]), indent=2))
     for key in ("psnr", "ssim", "lpips", "mse", "label_acc", "epsilon", "bytes", "iterations", "wall_s", "device",
-                "versions", "image"):
+                "versions", "image", "status", "note", "extra"):
         print(f"{key:10s} {row[key]}")
     return 0
 

@@ -7,3 +7,13 @@ class GiabenchError(Exception):
 
 class ConfigError(GiabenchError, ValueError):
     """A suite, cell or component parameter is invalid."""
+
+
+class NotApplicable(GiabenchError):
+    """An attack's preconditions fail on this cell (an architecture it cannot invert, a rank-deficient layer, a
+    message it cannot read). The harness records the cell as not applicable with this reason instead of a score;
+    ``details`` (a mapping) is stored with it."""
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = details or {}

@@ -114,6 +114,31 @@ def resnet18(shape, num_classes, *, width: int = 64) -> nn.Module:
     return net
 
 
+@model("cnn6")
+class CNN6(nn.Module):
+    """A six-convolution LeakyReLU network in the style of R-GAP's CNN6 (Zhu & Blaschko, ICLR 2021): bias-free
+    convolutions 3-12-36-36-36-64-128 channels (the first 4x4, the rest 3x3; strides 2, 2, 1, 1, 2, 1), LeakyReLU
+    with slope ``slope``, one linear layer with a bias. Every layer has at least as many forward plus gradient
+    equations as unknown inputs, the condition R-GAP's layer-wise inversion needs."""
+
+    def __init__(self, shape, num_classes, *, slope: float = 0.2):
+        super().__init__()
+        if not 0 < slope < 1:
+            raise ConfigError(f"cnn6: slope must be in (0, 1) so the activation is invertible, got {slope}")
+        c, h, w = shape
+        plan = [(c, 12, 4, 2), (12, 36, 3, 2), (36, 36, 3, 1), (36, 36, 3, 1), (36, 64, 3, 2), (64, 128, 3, 1)]
+        layers: list[nn.Module] = []
+        for cin, cout, k, stride in plan:
+            layers += [nn.Conv2d(cin, cout, k, stride=stride, padding=1, bias=False), nn.LeakyReLU(slope)]
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, c, h, w)).numel()
+        self.fc = nn.Linear(flat, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
 @model("mlp")
 class MLP(nn.Module):
     """A fully connected network: flatten, ``depth`` hidden layers of ``width`` ReLU units, linear output."""

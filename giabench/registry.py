@@ -19,8 +19,9 @@ from giabench.errors import ConfigError
 
 KINDS = ("attacks", "defenses", "models", "datasets")
 _BUILTIN_MODULES = {
-    "attacks": ("giabench.attacks.optimization", "giabench.attacks.analytic"),
-    "defenses": ("giabench.defenses.baselines", "giabench.defenses.dp_sgd", "giabench.defenses.secagg"),
+    "attacks": ("giabench.attacks.optimization", "giabench.attacks.analytic", "giabench.attacks.rgap"),
+    "defenses": ("giabench.defenses.baselines", "giabench.defenses.dp_sgd", "giabench.defenses.secagg",
+                 "giabench.defenses.sketching"),
     "models": ("giabench.models",),
     "datasets": ("giabench.data",),
 }

@@ -20,7 +20,7 @@ from PIL import Image
 
 from giabench import __version__, data, metrics, models, protocols, threats
 from giabench.attacks.base import ServerView
-from giabench.errors import ConfigError
+from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attacks, datasets, defenses
 from giabench.store import Store
 from giabench.suite import Cell, Suite
@@ -77,7 +77,11 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
     others = surrogate(imageset, index) if threats.grants(threat, "surrogate-data") else None
     attack_cfg = _params(config, "attack")
     attacker = attacks.get(config["attack"]["name"])(**attack_cfg)
-    model = attacker.prepare(model, imageset.shape, others, _seeded(seed, 3))
+    status, note, recon, extra = "ok", "", None, {}
+    try:
+        model = attacker.prepare(model, imageset.shape, others, _seeded(seed, 3))
+    except NotApplicable as exc:
+        status, note, extra = "not-applicable", str(exc), exc.details
     protocol_cfg = _params(config, "protocol")
     protocol = protocols.build(config["protocol"]["name"], protocol_cfg, model)
     defense_cfg = _params(config, "defense")
@@ -87,10 +91,19 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
     view = ServerView(model, protocol, message, dict(client.public), imageset.shape, imageset.num_classes,
                       x.shape[0], y.detach().cpu() if threats.grants(threat, "labels") else None, others)
     start = time.perf_counter()
-    recon = attacker.reconstruct(view, client.simulate, _seeded(seed, 2), progress)
+    if status == "ok":
+        try:
+            recon = attacker.reconstruct(view, client.simulate, _seeded(seed, 2), progress)
+            extra = recon.extra
+        except NotApplicable as exc:
+            status, note, extra = "not-applicable", str(exc), exc.details
     wall = time.perf_counter() - start
 
-    summary, image_rows, order = metrics.score(recon.images, recon.labels, x, y)
+    if recon is None:
+        summary, image_rows, order = metrics.score(None, None, x, y)
+        summary["lpips_source"] = "not applicable"
+    else:
+        summary, image_rows, order = metrics.score(recon.images, recon.labels, x, y)
     cost = client.cost()
     row = {
         "cell": cell.id, "attack": config["attack"]["name"], "defense": config["defense"]["name"],
@@ -98,7 +111,8 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
         "protocol": config["protocol"]["name"], "batch_size": config["batch_size"], "seed": seed,
         "selection": config["selection"], "threat_model": threat, "distinct_labels": len(set(y.tolist())),
         **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc", "exact")},
-        "lpips_source": summary["lpips_source"], "iterations": recon.iterations, "wall_s": wall,
+        "lpips_source": summary["lpips_source"], "iterations": recon.iterations if recon else 0, "wall_s": wall,
+        "status": status, "note": note, "extra": extra,
         "epsilon": cost["epsilon"], "delta": cost["delta"], "bytes": cost["bytes"],
         "attack_params": attack_cfg, "defense_params": defense_cfg,
         "model_params": _params(config, "model"), "protocol_params": protocol_cfg,
@@ -106,7 +120,7 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
         "versions": {"giabench": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "config": config,
     }
-    shown = recon.images[order].cpu() if recon.images is not None else torch.ones_like(x.cpu())
+    shown = recon.images[order].cpu() if recon and recon.images is not None else torch.ones_like(x.cpu())
     grid = image_grid(x.cpu(), shown)
     return row, image_rows, grid
 

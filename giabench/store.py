@@ -23,8 +23,10 @@ CELL_COLUMNS = {
     "exact": "INTEGER", "iterations": "INTEGER", "wall_s": "REAL", "epsilon": "REAL", "delta": "REAL",
     "bytes": "INTEGER", "attack_params": "TEXT", "defense_params": "TEXT", "model_params": "TEXT",
     "protocol_params": "TEXT", "selection": "TEXT", "threat_model": "TEXT", "lpips_source": "TEXT", "device": "TEXT",
-    "versions": "TEXT", "config": "TEXT", "image": "TEXT", "finished_at": "TEXT",
+    "versions": "TEXT", "config": "TEXT", "image": "TEXT", "finished_at": "TEXT", "status": "TEXT", "note": "TEXT",
+    "extra": "TEXT",
 }
+ADDED_COLUMNS = ("status", "note", "extra")  # added after the first release; older run folders gain them empty
 IMAGE_COLUMNS = {
     "cell": "TEXT", "image": "INTEGER", "matched": "INTEGER", "label": "INTEGER", "label_pred": "INTEGER",
     "mse": "REAL", "psnr": "REAL", "ssim": "REAL", "lpips": "REAL",
@@ -46,6 +48,10 @@ class Store:
             db.execute(f"CREATE TABLE IF NOT EXISTS cells ({cells})")
             db.execute(f"CREATE TABLE IF NOT EXISTS images ({images}, PRIMARY KEY (cell, image))")
             present = {row[1] for row in db.execute("PRAGMA table_info(cells)")}
+            if set(CELL_COLUMNS) - set(ADDED_COLUMNS) <= present:
+                for column in set(ADDED_COLUMNS) - present:
+                    db.execute(f"ALTER TABLE cells ADD COLUMN {column} {CELL_COLUMNS[column]}")
+                present |= set(ADDED_COLUMNS)
             if not set(CELL_COLUMNS) <= present:
                 raise GiabenchError(f"{path}: not a giabench results database (columns differ)")
 

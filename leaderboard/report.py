@@ -78,11 +78,10 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     rank.insert(0, "rank", rank.index)
     summary = _table(rank, ["rank", "attack", "attack_params", "defense", "defense_params", "dataset", "model",
                             "protocol", "batch_size", "threat_model", "psnr", "ssim", "lpips", "exact", "label_acc",
-                            "epsilon",
-                            "bytes",
-                            "iterations", "cells"])
+                            "epsilon", "bytes", "iterations", "cells"])
     detail = _table(frame, ["attack", "defense", "defense_params", "dataset", "model", "protocol", "batch_size",
-                            "seed", "psnr", "ssim", "lpips", "label_acc", "iterations", "wall_s", "epsilon", "cell"],
+                            "seed", "psnr", "ssim", "lpips", "label_acc", "iterations", "wall_s", "epsilon", "status",
+                            "note", "cell"],
                     extra=("originals / reconstructions", lambda row: _image(run_dir, row["image"])))
     labels = tables.label_track(frame)
     label_html = _table(labels, ["attack", "attack_params", "defense", "model", "model_params", "batch_size",
@@ -92,7 +91,8 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
 <style>{_STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{len(frame)} cells. PSNR and SSIM: higher means more leakage; LPIPS-alex: lower means more leakage
-({source}). Epsilon is inf for defenses without a DP guarantee. Click a header to sort.</p>
+({source}). A cell whose attack's preconditions fail is "not-applicable" (the note says why), never a
+privacy score. Epsilon is inf for defenses without a DP guarantee. Click a header to sort.</p>
 <h2>Ranking (mean over seeds)</h2>{summary}
 <h2>Label inference (label_acc: label counts; label_set_acc: which classes are present)</h2>{label_html}
 <h2>Cells</h2>{detail}

@@ -15,7 +15,7 @@ from giabench.store import Store
 CSV_COLUMNS = ["attack", "defense", "dataset", "model", "protocol", "batch_size", "seed", "psnr", "ssim", "lpips",
                "label_acc", "iterations", "wall_s", "epsilon", "bytes", "cell", "attack_params", "defense_params",
                "model_params", "protocol_params", "selection", "threat_model", "label_set_acc", "distinct_labels",
-               "exact", "delta", "mse", "lpips_source", "device", "image"]
+               "exact", "delta", "mse", "lpips_source", "device", "image", "status", "note"]
 SETTING = ["attack", "attack_params", "defense", "defense_params", "dataset", "model", "model_params", "protocol",
            "protocol_params", "batch_size", "threat_model"]
 METRICS = ["psnr", "ssim", "lpips", "label_acc", "label_set_acc"]
@@ -32,6 +32,7 @@ def ranking(frame: pd.DataFrame) -> pd.DataFrame:
     grouped = frame.groupby(SETTING, dropna=False, sort=False)
     table = grouped[METRICS + ["exact", "iterations", "wall_s", "epsilon", "bytes"]].mean()
     table["cells"] = grouped.size()
+    table["not_applicable"] = grouped["status"].agg(lambda s: int((s == "not-applicable").sum()))
     table = table.reset_index().sort_values("psnr", ascending=False, kind="stable").reset_index(drop=True)
     table.index = table.index + 1
     return table

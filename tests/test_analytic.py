@@ -5,7 +5,7 @@ from torch import nn
 from giabench import data, metrics, models, protocols
 from giabench.attacks.analytic import FCInvert, group_candidates
 from giabench.attacks.base import ServerView
-from giabench.errors import ConfigError
+from giabench.errors import NotApplicable
 from giabench.registry import defenses
 
 D = data.load("cifar10-sample")
@@ -50,5 +50,5 @@ def test_fc_invert_separates_samples_that_own_rows():
 
 def test_fc_invert_refuses_a_convolutional_first_layer():
     view, client, _, _ = _view("lenet", {}, 1, 0)
-    with pytest.raises(ConfigError, match="first layer is fully connected"):
+    with pytest.raises(NotApplicable, match="first layer is fully connected"):
         FCInvert().reconstruct(view, client.simulate, torch.Generator())
