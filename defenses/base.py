@@ -42,6 +42,10 @@ class Client:
     def simulate(self, x: torch.Tensor, y: torch.Tensor) -> Update:
         return self.transform(self.update(x, y, self.rule(None)), None)
 
+    def decode(self, message: Update) -> Update:
+        """The server's estimate of the client's update from its message (the utility harness averages these)."""
+        return message
+
     def numel(self) -> int:
         return sum(p.numel() for p in self.protocol.params.values())
 

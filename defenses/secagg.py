@@ -37,3 +37,7 @@ class SecureAggregation(Client):
             update = self.protocol.update(x[part], y[part], rule)
             total = update if total is None else {k: total[k] + update[k] for k in total}
         return total
+
+    def decode(self, message):
+        """The mean update of the simulated clients (the server divides the sum by K)."""
+        return {k: v / self.clients for k, v in message.items()}

@@ -120,11 +120,13 @@ class Sketching(Client):
                               f"{', '.join(NOISE)}")
         if not 0 < ratio <= 1 or clip <= 0 or noise_multiplier < 0:
             raise ConfigError("defense sketch: needs 0 < ratio <= 1, clip > 0 and noise_multiplier >= 0")
-        d = self.numel()
-        self.sketch = Sketch(kind, d, max(1, round(ratio * d)), seed)
         self.noise, self.clip, self.noise_multiplier, self.delta, self.secret = noise, clip, noise_multiplier, \
             delta, secret
         self.dp = DPSGD(protocol, clip=clip, noise_multiplier=noise_multiplier, delta=delta) if noise == "pre" else None
+        if protocol is None:  # validation of the parameters only (suite loading)
+            return
+        d = self.numel()
+        self.sketch = Sketch(kind, d, max(1, round(ratio * d)), seed)
         self.public = {} if secret else {"seed": seed, "kind": kind, "s": self.sketch.s}
 
     def rule(self, generator):

@@ -42,7 +42,25 @@ def _parser() -> argparse.ArgumentParser:
     regress.add_argument("--out", help="run folder (default: a fresh temporary folder, so that nothing is reused)")
     regress.add_argument("--update", action="store_true", help="write the run's table as the new baseline")
     regress.add_argument("--quiet", action="store_true")
+    util = sub.add_parser("utility", help="short federated training under each defense of a utility YAML file: "
+                                          "accuracy, uplink bytes and time per round, written to OUT/utility.csv")
+    util.add_argument("config", help="a utility YAML file (see benchmarks/utility.yaml)")
+    util.add_argument("--out", default="runs/utility", help="output folder (default: runs/utility)")
+    util.add_argument("--data-root", default="", help="folder of real datasets, for torchvision ones such as cifar10")
+    util.add_argument("--quiet", action="store_true")
     return parser
+
+
+def cmd_utility(args) -> int:
+    from giabench import utility
+
+    cfg = utility.load_config(args.config)
+    cfg.data_root = args.data_root or cfg.data_root
+    frame = utility.run(cfg, args.out, show_progress=not args.quiet)
+    print(frame[["defense", "defense_params", "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon"]]
+          .to_string(index=False))
+    print(f"wrote {Path(args.out) / 'utility.csv'}")
+    return 0
 
 
 def _leaderboard(run_dir: Path, title: str) -> str:
@@ -149,7 +167,7 @@ def cmd_regress(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "show": cmd_show,
-            "regress": cmd_regress}
+            "regress": cmd_regress, "utility": cmd_utility}
 
 
 def main(argv: list[str] | None = None) -> int:

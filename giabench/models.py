@@ -166,6 +166,7 @@ def build(name: str, params: dict, data, state: str, seed: int) -> Classifier:
         torch.manual_seed(seed)
         net = models.get(name)(data.shape, data.num_classes, **params)
     clf = Classifier(net, data.mean, data.std)
+    clf.input_shape = tuple(data.shape)
     if state == "untrained":
         return clf
     if state.startswith("trained:"):

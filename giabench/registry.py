@@ -21,7 +21,8 @@ KINDS = ("attacks", "defenses", "models", "datasets")
 _BUILTIN_MODULES = {
     "attacks": ("giabench.attacks.optimization", "giabench.attacks.analytic", "giabench.attacks.rgap"),
     "defenses": ("giabench.defenses.baselines", "giabench.defenses.dp_sgd", "giabench.defenses.secagg",
-                 "giabench.defenses.sketching"),
+                 "giabench.defenses.sketching", "giabench.defenses.diff2",
+                 "giabench.defenses.hidenseek"),
     "models": ("giabench.models",),
     "datasets": ("giabench.data",),
 }
