@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 
     board = sub.add_parser("leaderboard", help="write leaderboard.csv and leaderboard.html for a run folder")
     board.add_argument("run_dir")
+    board.add_argument("--utility", help="a utility.csv from giabench utility: adds the privacy-utility table and plot")
 
     show = sub.add_parser("show", help="print one cell's config and scores")
     show.add_argument("cell", help="a cell id (or a unique prefix of one)")
@@ -63,14 +64,19 @@ def cmd_utility(args) -> int:
     return 0
 
 
-def _leaderboard(run_dir: Path, title: str) -> str:
-    from giabench.leaderboard import report, tables
+def _leaderboard(run_dir: Path, title: str, utility: str | None = None) -> str:
+    from giabench.leaderboard import report, tables, tradeoff
 
     frame = tables.cells(run_dir)
     if frame.empty:
         raise GiabenchError(f"{run_dir}: no finished cells yet")
     tables.write_csv(frame, run_dir / "leaderboard.csv")
-    report.write(frame, run_dir, run_dir / "leaderboard.html", title=title)
+    trade = None
+    if utility:
+        trade = tradeoff.table(frame, tradeoff.read_utility(utility))
+        tables.write_csv(trade, run_dir / "privacy_utility.csv")
+        tradeoff.plot(trade, run_dir / "privacy_utility.png")
+    report.write(frame, run_dir, run_dir / "leaderboard.html", title=title, tradeoff=trade)
     return tables.terminal(tables.ranking(frame))
 
 
@@ -119,7 +125,7 @@ def cmd_leaderboard(args) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise GiabenchError(f"{run_dir}: no such run folder")
-    print(_leaderboard(run_dir, f"giabench: {run_dir.name}"))
+    print(_leaderboard(run_dir, f"giabench: {run_dir.name}", args.utility))
     return 0
 
 

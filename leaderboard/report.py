@@ -23,6 +23,7 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}
 th{background:#f0f0f0;cursor:pointer;user-select:none}
 td.t{text-align:left}
 img{image-rendering:pixelated;height:80px}
+img.plot{image-rendering:auto;height:480px}
 """
 _SORT = """
 document.querySelectorAll('table.sortable th').forEach(function(th, col){
@@ -64,15 +65,16 @@ def _table(frame: pd.DataFrame, columns: list[str], extra=None) -> str:
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _image(run_dir: Path, relative: str) -> str:
+def _image(run_dir: Path, relative: str, alt: str = "originals (top) and reconstructions (bottom)") -> str:
     path = (run_dir / str(relative)).resolve()
     if not path.is_file() or run_dir.resolve() not in path.parents:
         return "missing"
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="originals (top) and reconstructions (bottom)" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str = "giabench leaderboard") -> None:
+def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str = "giabench leaderboard",
+          tradeoff: pd.DataFrame | None = None) -> None:
     run_dir = Path(run_dir)
     rank = ranking(frame)
     rank.insert(0, "rank", rank.index)
@@ -87,6 +89,13 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     label_html = _table(labels, ["attack", "attack_params", "defense", "model", "model_params", "batch_size",
                                  "repeats", "label_acc", "label_set_acc", "cells"]) if len(labels) else "<p>none</p>"
     source = html.escape(str(frame["lpips_source"].iloc[0])) if len(frame) else ""
+    trade_html = ""
+    if tradeoff is not None:
+        plot = _image(run_dir, "privacy_utility.png", "privacy against utility").replace("<img", '<img class="plot"')
+        columns = ["defense", "defense_params", "dataset", "batch_size", "attack", "psnr", "ssim", "lpips", "accuracy",
+                   "bytes_per_round", "wall_per_round_s", "epsilon_training", "epsilon_release"]
+        trade_html = f"<h2>Privacy against utility (worst-case attack per defense setting)</h2>{plot}" \
+                     f"{_table(tradeoff, columns)}"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
@@ -94,6 +103,7 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
 ({source}). A cell whose attack's preconditions fail is "not-applicable" (the note says why), never a
 privacy score. Epsilon is inf for defenses without a DP guarantee. Click a header to sort.</p>
 <h2>Ranking (mean over seeds)</h2>{summary}
+{trade_html}
 <h2>Label inference (label_acc: label counts; label_set_acc: which classes are present)</h2>{label_html}
 <h2>Cells</h2>{detail}
 <script>{_SORT}</script></body></html>"""

@@ -1,0 +1,70 @@
+"""Privacy against utility: each defense setting's strongest attack beside its utility row.
+
+For every (defense setting, dataset, batch size) the attack with the highest mean PSNR over seeds is the privacy
+score (worst case over the attacks run); not-applicable cells do not count. It is joined on (defense,
+defense_params) with the rows of ``giabench utility`` (accuracy, uplink bytes and time per round, and the epsilon of
+that training run). The plot puts accuracy on x and the worst-case PSNR on y, one point per defense setting.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from giabench.errors import GiabenchError
+from giabench.utility import UTILITY_COLUMNS
+
+GROUP = ["defense", "defense_params", "dataset", "batch_size"]
+
+
+def read_utility(path: str | Path) -> pd.DataFrame:
+    if not Path(path).is_file():
+        raise GiabenchError(f"utility table {path}: no such file (write one with giabench utility)")
+    try:
+        frame = pd.read_csv(path, dtype={"defense_params": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise GiabenchError(f"utility table {path}: not a CSV file ({type(exc).__name__})") from exc
+    missing = [c for c in UTILITY_COLUMNS if c not in frame.columns]
+    if missing:
+        raise GiabenchError(f"utility table {path}: missing column {missing[0]!r}")
+    return frame
+
+
+def table(cells: pd.DataFrame, utility: pd.DataFrame) -> pd.DataFrame:
+    scored = cells[(cells["status"] != "not-applicable") & cells["psnr"].notna()]
+    per_attack = scored.groupby(GROUP + ["attack", "attack_params"], dropna=False)[
+        ["psnr", "ssim", "lpips", "epsilon", "bytes"]].mean().reset_index()
+    if per_attack.empty:
+        return per_attack
+    best = per_attack.loc[per_attack.groupby(GROUP, dropna=False)["psnr"].idxmax()]
+    best = best.rename(columns={"epsilon": "epsilon_release", "bytes": "bytes_attacked_model"})
+    util = utility[["defense", "defense_params", "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon"]]
+    util = util.rename(columns={"epsilon": "epsilon_training"})
+    return best.merge(util, on=["defense", "defense_params"], how="left").sort_values(GROUP).reset_index(drop=True)
+
+
+def label(defense: str, params: str) -> str:
+    items = json.loads(params) if params else {}
+    keys = ("noise_multiplier", "kind", "ratio", "noise", "view", "noise1", "density", "upload", "fraction", "sigma")
+    return defense + "".join(f" {k}={items[k]}" for k in keys if k in items)
+
+
+def plot(frame: pd.DataFrame, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for (dataset, batch), part in frame.dropna(subset=["accuracy"]).groupby(["dataset", "batch_size"]):
+        ax.scatter(part["accuracy"], part["psnr"], label=f"{dataset}, B={batch}")
+        for _, row in part.iterrows():
+            ax.annotate(label(row["defense"], row["defense_params"]), (row["accuracy"], row["psnr"]), fontsize=6)
+    ax.set_xlabel("test accuracy (giabench utility)")
+    ax.set_ylabel("worst-case PSNR over attacks (dB, higher = more leakage)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+import json
+
+import pandas as pd
+import pytest
+
+from giabench import utility
+from giabench.errors import ConfigError, GiabenchError
+from giabench.leaderboard import tradeoff
+
+CONFIG = """
+dataset: mnist-sample
+model: {name: mlp, width: 8}
+protocol: fedsgd
+clients: 2
+rounds: 2
+batch: 4
+test_fraction: 0.4
+defenses:
+  - {name: sketch, kind: srht, ratio: 0.1}
+  - {name: dp-sgd, noise_multiplier: 1.0}
+  - {name: diff2}
+  - {name: hidenseek, density: 0.2, upload: signs}
+  - {name: secagg, clients: 2}
+"""
+
+
+def test_utility_rows_price_every_defense_against_the_undefended_reference(tmp_path):
+    path = tmp_path / "u.yaml"
+    path.write_text(CONFIG)
+    frame = utility.run(utility.load_config(path), tmp_path, show_progress=False)
+    assert list(frame["defense"]) == ["none", "sketch", "dp-sgd", "diff2", "hidenseek", "secagg"]
+    assert frame["accuracy"].between(0, 1).all() and (frame["wall_per_round_s"] > 0).all()
+    rows = frame.set_index("defense")
+    d = rows.loc["none", "bytes_per_round"]
+    assert rows.loc["sketch", "bytes_per_round"] < 0.2 * d and rows.loc["hidenseek", "bytes_per_round"] < 0.01 * d
+    assert rows.loc["dp-sgd", "epsilon"] < 100 and rows.loc["diff2", "epsilon"] < 100
+    assert rows.loc["none", "epsilon"] == float("inf")
+    assert json.loads(rows.loc["sketch", "defense_params"])["ratio"] == 0.1  # the cells' JSON form, defaults filled
+    assert (tmp_path / "utility.csv").is_file()
+
+
+def test_same_config_same_accuracy(tmp_path):
+    path = tmp_path / "u.yaml"
+    path.write_text(CONFIG.split("defenses:")[0])
+    a, b = (utility.run(utility.load_config(path), tmp_path / str(i), show_progress=False) for i in range(2))
+    assert a["accuracy"].tolist() == b["accuracy"].tolist()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rounds: 0\n", "rounds must be a whole number >= 1"),
+    ("color: red\n", "unknown field 'color'"),
+    ("defenses: [{density: 0.1}]\n", "needs a name"),
+    ("- a\n", "mapping at the top level"),
+])
+def test_bad_utility_configs_are_named(tmp_path, text, message):
+    path = tmp_path / "u.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        utility.load_config(path)
+
+
+def test_tradeoff_takes_the_strongest_applicable_attack_per_defense_setting():
+    cells = pd.DataFrame([
+        {"defense": "none", "defense_params": "{}", "dataset": "d", "batch_size": 1, "attack": a, "attack_params": "{}",
+         "psnr": p, "ssim": 0.1, "lpips": 0.5, "epsilon": float("inf"), "bytes": 10, "status": s}
+        for a, p, s in [("ig", 20.0, "ok"), ("dlg", 12.0, "ok"), ("rgap", None, "not-applicable")]])
+    util = pd.DataFrame([{"defense": "none", "defense_params": "{}", "accuracy": 0.9, "bytes_per_round": 10,
+                          "wall_per_round_s": 1.0, "epsilon": float("inf")}])
+    table = tradeoff.table(cells, util)
+    assert len(table) == 1 and table.loc[0, "attack"] == "ig" and table.loc[0, "accuracy"] == 0.9
+
+
+def test_a_utility_file_without_the_columns_is_refused_by_name(tmp_path):
+    bad = tmp_path / "u.csv"
+    bad.write_text("defense,b\nnone,2\n")
+    with pytest.raises(GiabenchError, match="missing column 'defense_params'"):
+        tradeoff.read_utility(bad)
