@@ -116,9 +116,11 @@ class HideNSeek(Client):
 
     def simulate(self, x, y):
         if self.upload == "scores":
-            return self._message(x, y)
-        z = self._train(x, y)
-        return {k: torch.tanh(z[k] / self.temperature) * self.mask[k] for k in z}
+            out = self._message(x, y)
+        else:
+            z = self._train(x, y)
+            out = {k: torch.tanh(z[k] / self.temperature) * self.mask[k] for k in z}
+        return out if x.requires_grad else {k: v.detach() for k, v in out.items()}
 
     def cost(self):
         kept = sum(int(m.sum()) for m in self.mask.values())
