@@ -9,8 +9,8 @@ the top down:
         [ K_i ]       [ dL/dW_i   ]       gradient constraints (the weight gradient is linear in x_i given k_i),
 in least squares. Zero padding is built in: the unknowns are the unpadded input. Layer i is recoverable iff
 rank([W_i; K_i]) = dim(x_i) (Sec. 3.2); we compute that rank from the singular values (relative tolerance
-``RANK_TOL``), report it for every layer,
-and refuse (not applicable) where it fails. Activations must be invertible: LeakyReLU, sigmoid, tanh or none.
+``RANK_TOL``), report it for every layer, and refuse (not applicable) where it fails. Activations must be invertible:
+LeakyReLU, sigmoid, tanh or none.
 """
 
 from __future__ import annotations
