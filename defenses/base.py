@@ -53,6 +53,13 @@ class Client:
         return {"epsilon": math.inf, "delta": 0.0, "bytes": 4 * self.numel()}
 
 
+def clip_update(update: Update, bound: float) -> Update:
+    """u * min(1, C / ||u||_2), the norm taken over all tensors together (differentiable)."""
+    norm = torch.sqrt(sum(v.pow(2).sum() for v in update.values()))
+    scale = torch.clamp(bound / (norm + 1e-12), max=1.0)
+    return {k: scale * v for k, v in update.items()}
+
+
 def gaussian_like(tensor: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
     """N(0, std^2) noise of ``tensor``'s shape drawn on the CPU from ``generator`` (device-independent numbers)."""
     noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)

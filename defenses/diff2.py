@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from giabench.defenses.base import Client, gaussian_like
+from giabench.defenses.base import Client, clip_update, gaussian_like
 from giabench.errors import ConfigError
 from giabench.protocols import Protocol, Update
 from giabench.registry import defense
@@ -42,9 +42,8 @@ def clipped_mean(vectors: list[Update], clip: float) -> Update:
     """(1/n) sum_i min(1, C/||u_i||) u_i (DIFF2's Alg. 2), differentiable."""
     total = {k: torch.zeros_like(v) for k, v in vectors[0].items()}
     for u in vectors:
-        norm = torch.sqrt(sum(v.pow(2).sum() for v in u.values()))
-        scale = torch.clamp(clip / (norm + 1e-12), max=1.0)
-        total = {k: total[k] + scale * u[k] for k in total}
+        clipped = clip_update(u, clip)
+        total = {k: total[k] + clipped[k] for k in total}
     return {k: v / len(vectors) for k, v in total.items()}
 
 

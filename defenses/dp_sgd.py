@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from giabench.defenses.base import Client, gaussian_like
+from giabench.defenses.base import Client, clip_update, gaussian_like
 from giabench.errors import ConfigError
 from giabench.registry import defense
 
@@ -21,10 +21,8 @@ def clipped_sum(protocol, params, x, y, clip: float):
     """sum_i min(1, C/||g_i||) g_i over the per-sample gradients g_i (differentiable when x requires grad)."""
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     for i in range(x.shape[0]):
-        grads = protocol.gradient(params, x[i:i + 1], y[i:i + 1])
-        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
-        scale = torch.clamp(clip / (norm + 1e-12), max=1.0)
-        total = {k: total[k] + scale * grads[k] for k in total}
+        grads = clip_update(protocol.gradient(params, x[i:i + 1], y[i:i + 1]), clip)
+        total = {k: total[k] + grads[k] for k in total}
     return total
 
 

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from giabench.defenses.base import Client, gaussian_like
+from giabench.defenses.base import Client, clip_update, gaussian_like
 from giabench.defenses.dp_sgd import DPSGD
 from giabench.errors import ConfigError, NotApplicable
 from giabench.protocols import Update
@@ -136,10 +136,9 @@ class Sketching(Client):
         if generator is None and self.secret:
             raise NotApplicable("sketch: the sketch seed is secret, so the server cannot match R grad(x); this is "
                                 "obscurity, not privacy")
-        u = flatten(update)
         if self.noise == "post":
-            u = u * torch.clamp(self.clip / (u.norm() + 1e-12), max=1.0)
-        y = self.sketch.apply(u)
+            update = clip_update(update, self.clip)
+        y = self.sketch.apply(flatten(update))
         if self.noise == "post" and generator is not None and self.noise_multiplier > 0:
             y = y + gaussian_like(y, self.noise_multiplier * self.sketch.norm() * self.clip, generator)
         return {"sketch": y}

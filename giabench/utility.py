@@ -126,8 +126,8 @@ def train(cfg: UtilityConfig, defense: dict) -> dict:
             client = factory(protocol, **round_params)
             message = client.share(x, y, gen)
             messages.append(client.decode(message))
-            bytes_up += client.cost()["bytes"]
-            cost = client.cost()
+            cost = client.cost()  # once per client: DP costs run an accountant
+            bytes_up += cost["bytes"]
         mean = {key: sum(m[key] for m in messages) / len(messages) for key in current}
         if name == "diff2":  # DIFF2-GD: the server steps along its estimator with server_lr whatever the protocol
             step = cfg.server_lr
@@ -160,22 +160,18 @@ def _hidenseek(cfg, factory, params, model, proto_name, proto_params, imageset, 
     upload score updates (the server averages them) or signs (the server takes a majority vote, ties to +1)."""
     start, bytes_up = time.perf_counter(), 0
     protocol = protocols.build(proto_name, proto_params, model)
-    z = factory(protocol, **params).scores
-    scale = params["score_init"]
+    client = factory(protocol, **params)  # the SynFlow mask is computed once; clients differ only in their data
+    z, scale = client.scores, params["score_init"]
     for _ in range(cfg.rounds):
-        messages = []
-        for shard in shards:
-            client = factory(protocol, **params)
-            client.scores = z
-            messages.append(client.share(*_draw(imageset, shard, cfg.batch, gen), gen))
-            bytes_up += client.cost()["bytes"]
+        client.scores = z
+        messages = [client.share(*_draw(imageset, shard, cfg.batch, gen), gen) for shard in shards]
+        bytes_up += len(shards) * client.cost()["bytes"]
         mean = {k: sum(m[k] for m in messages) / len(messages) for k in z}
         if params["upload"] == "scores":
             step = cfg.server_lr if proto_name == "fedsgd" else 1.0
             z = {k: z[k] - step * mean[k] for k in z}
         else:
             z = {k: scale * torch.where(mean[k] >= 0, 1.0, -1.0) for k in z}
-    client = factory(protocol, **params)
     _load(model, {k: v.detach() for k, v in client.effective(z).items()})
     return _row(cfg, "hidenseek", params, accuracy(model, imageset, test), bytes_up, time.perf_counter() - start,
                 client.cost())
