@@ -139,6 +139,30 @@ class CNN6(nn.Module):
         return self.fc(self.features(x).flatten(1))
 
 
+@model("cifarcnn")
+class CifarCNN(nn.Module):
+    """The small CNN of the personalized-FL papers (FedPAC; HyperFL, Guo et al., AAAI 2025): 5x5 convolutions with
+    16 and 32 channels, each followed by LeakyReLU and 2x2 max-pooling, a 3x3 convolution with 64 channels and
+    LeakyReLU, then ``fc1`` to 128 units (LeakyReLU) and the classifier ``fc2``. On 32x32 inputs fc1 sees 576
+    features, as in the paper's CIFAR-10 network."""
+
+    def __init__(self, shape, num_classes, *, hidden: int = 128):
+        super().__init__()
+        c, h, w = shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 16, 5), nn.LeakyReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5), nn.LeakyReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.LeakyReLU(),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, c, h, w)).numel()
+        self.fc1 = nn.Linear(flat, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.fc2(F.leaky_relu(self.fc1(self.features(x).flatten(1))))
+
+
 @model("mlp")
 class MLP(nn.Module):
     """A fully connected network: flatten, ``depth`` hidden layers of ``width`` ReLU units, linear output."""

@@ -6,7 +6,8 @@ update estimate (``Client.decode``: the message itself, R^T y for a sketch, the 
 and applies their mean:
     FedSGD:  w <- w - server_lr * mean_k u_k          FedAvg:  w <- w - mean_k u_k   (u_k = w - w_k)
 DIFF2 keeps its own server state (the running estimator v_r, restarted every T rounds, and x_r = x_{r-1} - lr v_r).
-The reference row is the same training without a defense. Test accuracy is the global model's on the held-out split.
+The reference row is the same training without a defense. Test accuracy is the global model's on the held-out split
+(HyperFL: the mean over clients of their personalized models, each generated from its private embedding).
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ def train(cfg: UtilityConfig, defense: dict) -> dict:
     start = time.perf_counter()
     if name == "hidenseek":
         return _hidenseek(cfg, factory, params, model, proto_name, proto_params, imageset, test, shards, gen)
+    if name == "hyperfl":
+        return _hyperfl(cfg, factory, params, model, proto_name, proto_params, imageset, test, shards, gen)
     for r in range(cfg.rounds):
         protocol = protocols.build(proto_name, proto_params, model)
         current = {k: v.clone() for k, v in protocol.params.items()}
@@ -175,6 +178,36 @@ def _hidenseek(cfg, factory, params, model, proto_name, proto_params, imageset, 
     _load(model, {k: v.detach() for k, v in client.effective(z).items()})
     return _row(cfg, "hidenseek", params, accuracy(model, imageset, test), bytes_up, time.perf_counter() - start,
                 client.cost())
+
+
+def _hyperfl(cfg, factory, params, model, proto_name, proto_params, imageset, test, shards, gen) -> dict:
+    """HyperFL rounds: the server averages the hypernetwork updates; every client keeps its own embedding and head
+    (drawn from ``private_seed + k``). Accuracy is the mean of the clients' personalized models on the test split."""
+    start, bytes_up = time.perf_counter(), 0
+    protocol = protocols.build(proto_name, proto_params, model)
+    clients = [factory(protocol, **{**params, "private_seed": params["private_seed"] + k}) for k in range(len(shards))]
+    phi = clients[0].phi
+    step = cfg.server_lr if proto_name == "fedsgd" else 1.0
+    for _ in range(cfg.rounds):
+        messages = []
+        for client, shard in zip(clients, shards, strict=True):
+            client.phi = phi
+            x, y = _draw(imageset, shard, cfg.batch, gen)
+            message, client.embedding, client.head_params = (
+                _detached(part) for part in client.local_round(x, y, client.embedding, client.head_params))
+            messages.append(message)
+            bytes_up += client.cost()["bytes"]
+        phi = {k: phi[k] - step * sum(m[k] for m in messages) / len(messages) for k in phi}
+    scores = []
+    for client in clients:
+        _load(model, client.weights(phi, client.embedding, client.head_params))
+        scores.append(accuracy(model, imageset, test))
+    return _row(cfg, "hyperfl", params, sum(scores) / len(scores), bytes_up, time.perf_counter() - start,
+                clients[0].cost())
+
+
+def _detached(part):
+    return {k: v.detach() for k, v in part.items()} if isinstance(part, dict) else part.detach()
 
 
 def _diff2_message(protocol, current, previous, r, x, y, params, gen):
