@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from giabench.errors import GiabenchError
+from giabench.errors import ConfigError, GiabenchError
 
 EXIT_BAD_INPUT = 2
 
@@ -49,7 +49,36 @@ def _parser() -> argparse.ArgumentParser:
     util.add_argument("--out", default="runs/utility", help="output folder (default: runs/utility)")
     util.add_argument("--data-root", default="", help="folder of real datasets, for torchvision ones such as cifar10")
     util.add_argument("--quiet", action="store_true")
+    gan = sub.add_parser("train-generator", help="train a DCGAN image prior for the generative attacks; writes "
+                                                 "OUT (.pt), OUT's .json (config, sha256) and sample grids")
+    gan.add_argument("--dataset", required=True, help="a dataset name, e.g. mnist-5k or natural-patches")
+    gan.add_argument("--out", required=True, help="checkpoint path ending in .pt")
+    gan.add_argument("--epochs", type=int, default=20)
+    gan.add_argument("--batch", type=int, default=64)
+    gan.add_argument("--lr", type=float, default=2e-4)
+    gan.add_argument("--latent-dim", type=int, default=64)
+    gan.add_argument("--width", type=int, default=64)
+    gan.add_argument("--seed", type=int, default=0)
+    gan.add_argument("--threads", type=int, default=2, help="CPU threads (recorded: results depend on it)")
+    gan.add_argument("--grid-every", type=int, default=5, help="write a sample grid every N epochs")
+    gan.add_argument("--quiet", action="store_true")
     return parser
+
+
+def cmd_train_generator(args) -> int:
+    from giabench.attacks.generators import training
+
+    if not args.out.endswith(".pt"):
+        raise ConfigError(f"--out {args.out}: the checkpoint path must end in .pt")
+    for name in ("epochs", "batch", "latent_dim", "width", "threads", "grid_every"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    meta = training.train(args.dataset, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                          latent_dim=args.latent_dim, width=args.width, seed=args.seed, threads=args.threads,
+                          grid_every=args.grid_every, show_progress=not args.quiet)
+    print(f"wrote {args.out} (sha256 {meta['sha256']}) and {Path(args.out).with_suffix('.json')}; "
+          f"final losses {meta['final_losses']}")
+    return 0
 
 
 def cmd_utility(args) -> int:
@@ -173,7 +202,7 @@ def cmd_regress(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "show": cmd_show,
-            "regress": cmd_regress, "utility": cmd_utility}
+            "regress": cmd_regress, "utility": cmd_utility, "train-generator": cmd_train_generator}
 
 
 def main(argv: list[str] | None = None) -> int:

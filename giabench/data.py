@@ -163,6 +163,45 @@ def lfw_faces() -> ImageSet:
     return ImageSet("lfw-faces", x, y, ["non-face", "face"], (0.5,), (0.25,), source="scikit-image")
 
 
+NATURAL_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
+                  "motorcycle_left.png", "retina.jpg", "rocket.jpg", "camera.png", "brick.png", "grass.png",
+                  "gravel.png", "moon.png", "coins.png")
+
+
+def natural_photos() -> list[tuple[str, Image.Image]]:
+    """scikit-image's natural photos (grey ones as RGB) and the foolbox wheel's 20 ImageNet photos, by name."""
+    folder = _package_dir("skimage", "data")
+    photos = [(name.split(".")[0], Image.open(folder / name).convert("RGB")) for name in NATURAL_PHOTOS]
+    imagenet = _package_dir("foolbox", "data")
+    photos += [(p.stem, Image.open(p).convert("RGB")) for p in sorted(imagenet.glob("imagenet_*.jpg"))]
+    return photos
+
+
+@dataset("natural-patches")
+def natural_patches(*, count: int = 10000, size: int = 32, seed: int = 0) -> ImageSet:
+    """``count`` square crops of the bundled natural photos, resized to ``size`` (label: the photo). Each crop picks a
+    photo uniformly, a side uniformly between ``size`` and half the photo's shorter side, and a position uniformly;
+    the draws come from ``seed``. Out-of-distribution for CIFAR-10 by construction: no CIFAR image is in it."""
+    if count < 1 or size < 4:
+        raise ConfigError("dataset natural-patches: count >= 1 and size >= 4")
+    photos = natural_photos()
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for _ in range(count):
+        label = int(rng.integers(len(photos)))
+        img = photos[label][1]
+        side = int(rng.integers(size, max(size, min(img.size) // 2) + 1))
+        left, top = int(rng.integers(img.width - side + 1)), int(rng.integers(img.height - side + 1))
+        crop = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+        images.append(np.asarray(crop))
+        labels.append(label)
+    x = _to_tensor(images)
+    mean = tuple(float(v) for v in x.mean(dim=(0, 2, 3)))
+    std = tuple(float(v) for v in x.std(dim=(0, 2, 3)))
+    return ImageSet("natural-patches", x, torch.tensor(labels), [name for name, _ in photos], mean, std,
+                    source="scikit-image photos + foolbox==3.3.4 ImageNet samples")
+
+
 def _torchvision_set(cls_name: str, name: str, root: str, split: str, download: bool, classes, stats) -> ImageSet:
     import torchvision
 

@@ -20,7 +20,7 @@ from giabench.errors import ConfigError
 KINDS = ("attacks", "defenses", "models", "datasets")
 _BUILTIN_MODULES = {
     "attacks": ("giabench.attacks.optimization", "giabench.attacks.analytic", "giabench.attacks.rgap",
-                "giabench.attacks.hypernet"),
+                "giabench.attacks.hypernet", "giabench.attacks.generative"),
     "defenses": ("giabench.defenses.baselines", "giabench.defenses.dp_sgd", "giabench.defenses.secagg",
                  "giabench.defenses.sketching", "giabench.defenses.diff2",
                  "giabench.defenses.hidenseek", "giabench.defenses.hyperfl"),

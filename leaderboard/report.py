@@ -54,8 +54,12 @@ def _cell(value, fmt: str = "{:.3f}") -> str:
     return f'<td class="t">{html.escape(str(value))}</td>'
 
 
+HEADERS = {"iterations": "budget (update evaluations)"}
+
+
 def _table(frame: pd.DataFrame, columns: list[str], extra=None) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns) + (f"<th>{extra[0]}</th>" if extra else "")
+    head = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in columns)
+    head += f"<th>{extra[0]}</th>" if extra else ""
     rows = []
     for _, row in frame.iterrows():
         cells = "".join(_cell(row[c]) for c in columns)
@@ -79,10 +83,10 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     rank = ranking(frame)
     rank.insert(0, "rank", rank.index)
     summary = _table(rank, ["rank", "attack", "attack_params", "defense", "defense_params", "dataset", "model",
-                            "protocol", "batch_size", "threat_model", "psnr", "ssim", "lpips", "exact", "label_acc",
-                            "epsilon", "bytes", "iterations", "cells"])
+                            "protocol", "batch_size", "threat_model", "psnr", "ssim", "lpips", "iterations", "exact",
+                            "label_acc", "epsilon", "bytes", "cells"])
     detail = _table(frame, ["attack", "defense", "defense_params", "dataset", "model", "protocol", "batch_size",
-                            "seed", "psnr", "ssim", "lpips", "label_acc", "iterations", "wall_s", "epsilon", "status",
+                            "seed", "psnr", "ssim", "lpips", "iterations", "label_acc", "wall_s", "epsilon", "status",
                             "note", "cell"],
                     extra=("originals / reconstructions", lambda row: _image(run_dir, row["image"])))
     labels = tables.label_track(frame)
