@@ -64,6 +64,11 @@ class Attack:
             needs.add("training")
         return needs
 
+    def planned_budget(self) -> int | None:
+        """Evaluations of the update the attack will spend (for progress bars; ``None`` when unknown up front)."""
+        iterations = getattr(self, "iterations", None)
+        return iterations * getattr(self, "restarts", 1) if isinstance(iterations, int) else None
+
     def prepare(self, model: torch.nn.Module, shape: tuple[int, int, int], surrogate: torch.Tensor | None,
                 generator: torch.Generator) -> torch.nn.Module:
         """The model the server broadcasts; only active (malicious-server) attacks change it."""

@@ -115,6 +115,9 @@ class GIAS(GenerativeAttack):
         self.latent_iterations, self.finetune_iterations = latent_iterations, finetune_iterations
         self.lr, self.finetune_lr = lr, finetune_lr
 
+    def planned_budget(self):
+        return self.restarts * self.latent_iterations + self.finetune_iterations
+
     def reconstruct(self, view, simulate, generator, progress=None):
         net, y, loss = self.setup(view, simulate)
         best, trace = (math.inf, None), []
@@ -160,6 +163,9 @@ class GGL(GenerativeAttack):
         if budget < population or population < 2 or sigma <= 0 or kl < 0:
             raise ConfigError("attack ggl: budget >= population >= 2, sigma > 0 and kl >= 0")
         self.budget, self.population, self.sigma, self.kl = budget, population, sigma, kl
+
+    def planned_budget(self):
+        return self.budget
 
     def reconstruct(self, view, simulate, generator, progress=None):
         import cma
@@ -208,6 +214,9 @@ class GIFD(GenerativeAttack):
             raise ConfigError("attack gifd: radii must be a list of positive numbers, one per feature stage")
         self.iterations, self.lr, self.radii, self.l1_ratio = iterations, lr, radii, l1_ratio
         self.end_stage, self.kl = end_stage, kl
+
+    def planned_budget(self):
+        return None  # iterations per stage; the number of stages depends on the generator
 
     def stages(self, net) -> int:
         """The last stage whose input is optimized (default: the input of the output stage)."""

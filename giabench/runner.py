@@ -172,7 +172,7 @@ def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1,
 
     if workers <= 1:
         for cell in todo:
-            total = cell.config["attack"].get("iterations", 0) * cell.config["attack"].get("restarts", 1)
+            total = attacks.get(cell.config["attack"]["name"])(**_params(cell.config, "attack")).planned_budget()
             with tqdm(total=total or None, desc=cell.label, unit="it", leave=False, position=1,
                       disable=not show_progress) as inner:
                 finish(cell, run_cell(cell, env, inner.update))
