@@ -27,7 +27,7 @@ import torch
 from torch.func import functional_call
 
 from giabench.attacks.base import Attack, Reconstruction
-from giabench.attacks.optimization import cosine_distance, initial_images, total_variation
+from giabench.attacks.optimization import cosine_distance, initial_images, signed_adam, total_variation
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
 
@@ -118,23 +118,8 @@ class HyperFLInvert(Attack):
                 z = ((initial_images(view, generator) - mean) / std).requires_grad_(True)
                 signal = initial_signal(observed, top, view.batch_size, width, generator).to(device)
                 signal.requires_grad_(True)
-                optimizer = torch.optim.Adam([z, signal], lr=self.lr)
-                milestones = [int(self.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-                schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-                for step in range(self.iterations):
-                    optimizer.zero_grad()
-                    loss = objective(z, signal)
-                    z.grad, signal.grad = torch.autograd.grad(loss, [z, signal])
-                    z.grad.sign_()
-                    signal.grad.sign_()
-                    optimizer.step()
-                    schedule.step()
-                    with torch.no_grad():
-                        z.copy_(torch.maximum(torch.minimum(z, high), low))
-                    if step % 10 == 0:
-                        trace.append(float(loss.detach()))
-                    if progress:
-                        progress(1)
+                signed_adam([z, signal], lambda z=z, s=signal: objective(z, s), self.iterations, self.lr,
+                            lambda z=z: z.copy_(torch.maximum(torch.minimum(z, high), low)), trace, progress)
                 final = float(objective(z, signal).detach())
                 if final < best[0]:
                     best = (final, (mean + std * z).detach().clone())

@@ -204,16 +204,23 @@ def build(name: str, params: dict, data, state: str, seed: int) -> Classifier:
     raise ConfigError(f"model state {state!r}: expected untrained, trained:N or checkpoint:PATH")
 
 
-def load_checkpoint(clf: Classifier, path: str) -> None:
-    """Load a state dict saved with ``torch.save``; only tensors are accepted (``weights_only=True``)."""
+def read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """A state dict of tensors read with ``weights_only=True``; anything else is a ConfigError naming ``what`` and
+    ``path``."""
     if not Path(path).is_file():
-        raise ConfigError(f"checkpoint {path}: no such file")
+        raise ConfigError(f"{what} {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a file that is not a tensor archive
-        raise ConfigError(f"checkpoint {path}: not a torch tensor file ({type(exc).__name__})") from exc
+        raise ConfigError(f"{what} {path}: not a torch tensor file ({type(exc).__name__})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"checkpoint {path}: expected a state dict of tensors")
+        raise ConfigError(f"{what} {path}: expected a state dict of tensors")
+    return state
+
+
+def load_checkpoint(clf: Classifier, path: str) -> None:
+    """Load a state dict saved with ``torch.save``; only tensors are accepted (``weights_only=True``)."""
+    state = read_tensors(path, "checkpoint")
     try:
         clf.load_state_dict(state)
     except RuntimeError as exc:

@@ -12,6 +12,7 @@ import torch
 
 from giabench.attacks.generators.dcgan import DCGANGenerator
 from giabench.errors import ConfigError
+from giabench.models import read_tensors
 
 ARCHITECTURES = {"dcgan": DCGANGenerator}
 
@@ -57,12 +58,7 @@ def load(path: str | Path) -> DCGANGenerator:
     meta = read_meta(path)
     if sha256(path) != meta["sha256"]:
         raise ConfigError(f"generator checkpoint {path}: sha256 does not match its metadata (corrupt or replaced)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not a tensor archive
-        raise ConfigError(f"generator checkpoint {path}: not a torch tensor file ({type(exc).__name__})") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"generator checkpoint {path}: expected a state dict of tensors")
+    state = read_tensors(path, "generator checkpoint")
     net = ARCHITECTURES[meta["architecture"]](tuple(meta["shape"]), meta["latent_dim"], meta["width"])
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
