@@ -123,34 +123,23 @@ class GIAS(GenerativeAttack):
         best, trace = (math.inf, None), []
         for _ in range(self.restarts):
             z = net.sample_latent(view.batch_size, generator).to(y.device).requires_grad_(True)
-            optimizer = torch.optim.Adam([z], lr=self.lr)
-            for step in range(self.latent_iterations):
-                value = loss(net(z, y))
-                optimizer.zero_grad()
-                value.backward()
-                optimizer.step()
-                _record(trace, step, value, progress)
+            adam([z], lambda z=z: loss(net(z, y)), self.latent_iterations, self.lr, trace, progress)
             final = float(loss(net(z, y)).detach())
             if final < best[0]:
                 best = (final, z.detach().clone())
         z, latent_loss = best[1], best[0]
         copies = [copy.deepcopy(net).requires_grad_(True) for _ in range(view.batch_size)]
-        optimizer = torch.optim.Adam([p for c in copies for p in c.parameters()], lr=self.finetune_lr)
 
         def images() -> torch.Tensor:
             return torch.cat([c(z[j:j + 1], y[j:j + 1]) for j, c in enumerate(copies)])
 
-        for step in range(self.finetune_iterations):
-            value = loss(images())
-            optimizer.zero_grad()
-            value.backward()
-            optimizer.step()
-            _record(trace, step, value, progress)
+        adam([p for c in copies for p in c.parameters()], lambda: loss(images()), self.finetune_iterations,
+             self.finetune_lr, trace, progress)
         with torch.no_grad():
             x = images()
         final = float(loss(x))
-        return Reconstruction(x.cpu(), y.cpu(), self.restarts * self.latent_iterations + self.finetune_iterations,
-                              trace, {"latent_loss": latent_loss, "objective": final})
+        return Reconstruction(x.cpu(), y.cpu(), self.planned_budget(), trace,
+                              {"latent_loss": latent_loss, "objective": final})
 
 
 @attack("ggl")
@@ -264,22 +253,28 @@ class GIFD(GenerativeAttack):
 
     def _optimize(self, objective, start: torch.Tensor, trace, progress, project) -> torch.Tensor:
         v = start.detach().clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([v], lr=self.lr)
-        for step in range(self.iterations):
-            for group in optimizer.param_groups:
-                group["lr"] = ramped_lr(step / self.iterations, self.lr)
-            value = objective(v)
-            optimizer.zero_grad()
-            value.backward()
-            optimizer.step()
-            with torch.no_grad():
-                v.copy_(project(v))
-            _record(trace, step, value, progress)
+        adam([v], lambda: objective(v), self.iterations, self.lr, trace, progress,
+             schedule=lambda step: ramped_lr(step / self.iterations, self.lr), project=lambda: v.copy_(project(v)))
         return v.detach()
 
 
-def _record(trace: list, step: int, value: torch.Tensor, progress) -> None:
-    if step % 10 == 0:
-        trace.append(float(value.detach()))
-    if progress:
-        progress(1)
+def adam(leaves: list[torch.Tensor], objective, iterations: int, lr: float, trace: list, progress=None,
+         schedule=None, project=None) -> None:
+    """``iterations`` Adam steps on ``objective()``; ``schedule(step)`` sets the step size before each step,
+    ``project()`` runs in place without grad after it; the objective is sampled every ten steps into ``trace``."""
+    optimizer = torch.optim.Adam(leaves, lr=lr)
+    for step in range(iterations):
+        if schedule is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = schedule(step)
+        value = objective()
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        if project is not None:
+            with torch.no_grad():
+                project()
+        if step % 10 == 0:
+            trace.append(float(value.detach()))
+        if progress:
+            progress(1)
