@@ -60,6 +60,18 @@ def clip_update(update: Update, bound: float) -> Update:
     return {k: scale * v for k, v in update.items()}
 
 
+def rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon at ``delta`` from Opacus' RDP accountant over ``(noise multiplier, sample rate, steps)`` releases;
+    infinite when a release with steps has no noise, releases with zero steps are skipped."""
+    from opacus.accountants import RDPAccountant
+
+    if any(z == 0 and n > 0 for z, _, n in history):
+        return math.inf
+    accountant = RDPAccountant()
+    accountant.history = [h for h in history if h[2] > 0]
+    return float(accountant.get_epsilon(delta))
+
+
 def gaussian_like(tensor: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
     """N(0, std^2) noise of ``tensor``'s shape drawn on the CPU from ``generator`` (device-independent numbers)."""
     noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)

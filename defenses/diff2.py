@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from giabench.defenses.base import Client, clip_update, gaussian_like
+from giabench.defenses.base import Client, clip_update, gaussian_like, rdp_epsilon
 from giabench.errors import ConfigError
 from giabench.protocols import Protocol, Update
 from giabench.registry import defense
@@ -67,15 +67,8 @@ def difference_message(protocol, new, old, x, y, clip, noise, generator) -> Upda
 
 def epsilon(noise1: float, noise2: float, period: int, total_rounds: int, delta: float) -> float:
     """Opacus RDP accountant over ceil(R/T) restart and R - ceil(R/T) difference releases (sample rate 1)."""
-    from opacus.accountants import RDPAccountant
-
     restarts = math.ceil(total_rounds / period)
-    history = [(noise1, 1.0, restarts), (noise2, 1.0, total_rounds - restarts)]
-    if any(z == 0 and n > 0 for z, _, n in history):
-        return math.inf
-    accountant = RDPAccountant()
-    accountant.history = [h for h in history if h[2] > 0]
-    return float(accountant.get_epsilon(delta))
+    return rdp_epsilon([(noise1, 1.0, restarts), (noise2, 1.0, total_rounds - restarts)], delta)
 
 
 @defense("diff2")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from giabench.defenses.base import Client, clip_update, gaussian_like
+from giabench.defenses.base import Client, clip_update, gaussian_like, rdp_epsilon
 from giabench.errors import ConfigError
 from giabench.registry import defense
 
@@ -56,12 +56,6 @@ class DPSGD(Client):
         return super().share(x, y, generator)
 
     def cost(self):
-        from opacus.accountants import RDPAccountant
-
-        cost = super().cost()
         steps = (self.steps or 1) * self.rounds
-        if self.noise_multiplier == 0:
-            return {**cost, "delta": self.delta}
-        accountant = RDPAccountant()
-        accountant.history = [(self.noise_multiplier, self.sample_rate, steps)]
-        return {**cost, "epsilon": float(accountant.get_epsilon(self.delta)), "delta": self.delta}
+        epsilon = rdp_epsilon([(self.noise_multiplier, self.sample_rate, steps)], self.delta)
+        return {**super().cost(), "epsilon": epsilon, "delta": self.delta}

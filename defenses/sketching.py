@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from giabench.defenses.base import Client, clip_update, gaussian_like
+from giabench.defenses.base import Client, clip_update, gaussian_like, rdp_epsilon
 from giabench.defenses.dp_sgd import DPSGD
 from giabench.errors import ConfigError, NotApplicable
 from giabench.protocols import Update
@@ -157,9 +157,5 @@ class Sketching(Client):
         if self.dp:
             return {**self.dp.cost(), "bytes": cost["bytes"]}
         if self.noise == "post" and self.noise_multiplier > 0:
-            from opacus.accountants import RDPAccountant
-
-            accountant = RDPAccountant()
-            accountant.history = [(self.noise_multiplier, 1.0, 1)]
-            return {**cost, "epsilon": float(accountant.get_epsilon(self.delta)), "delta": self.delta}
+            return {**cost, "epsilon": rdp_epsilon([(self.noise_multiplier, 1.0, 1)], self.delta), "delta": self.delta}
         return cost
