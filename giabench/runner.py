@@ -132,15 +132,21 @@ def surrogate(imageset: data.ImageSet, private: torch.Tensor) -> torch.Tensor:
     return imageset.images[keep]
 
 
+def tile(images: torch.Tensor, columns: int, pad: int = 2, margin: int = 2) -> np.ndarray:
+    """N x C x H x W images in [0, 1] laid out row by row on white, ``pad`` pixels apart and ``margin`` from the
+    border, as an H x W x 3 uint8 array."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    canvas = torch.ones(3, rows * h + (rows - 1) * pad + 2 * margin, columns * w + (columns - 1) * pad + 2 * margin)
+    for i, img in enumerate(images.clamp(0, 1)):
+        top, left = margin + (i // columns) * (h + pad), margin + (i % columns) * (w + pad)
+        canvas[:, top:top + h, left:left + w] = img.expand(3, h, w)
+    return (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
 def image_grid(truth: torch.Tensor, recon: torch.Tensor, pad: int = 2) -> np.ndarray:
     """Originals on the top row, matched reconstructions below, as an H x W x 3 uint8 array."""
-    b, c, h, w = truth.shape
-    canvas = torch.ones(3, 2 * h + 3 * pad, b * (w + pad) + pad)
-    for row, images in enumerate((truth, recon.clamp(0, 1))):
-        for i in range(b):
-            top, left = pad + row * (h + pad), pad + i * (w + pad)
-            canvas[:, top:top + h, left:left + w] = images[i].expand(3, h, w)
-    return (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return tile(torch.cat([truth, recon]), truth.shape[0], pad, pad)
 
 
 def _run_in_worker(cell: Cell, env: Environment):

@@ -8,7 +8,6 @@ so the same command reproduces the same weights on the same kind of CPU.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +19,12 @@ from tqdm import tqdm
 from giabench import data
 from giabench.attacks.generators import checkpoint
 from giabench.attacks.generators.dcgan import DCGANDiscriminator, DCGANGenerator
+from giabench.runner import tile
 
 
 def sample_grid(images: torch.Tensor, columns: int = 8) -> np.ndarray:
-    """N x C x H x W in [0, 1] -> an H x W x 3 uint8 grid."""
-    n, c, h, w = images.shape
-    rows = math.ceil(n / columns)
-    grid = torch.ones(3, rows * (h + 2), columns * (w + 2))
-    for i, img in enumerate(images.clamp(0, 1)):
-        r, col = divmod(i, columns)
-        grid[:, r * (h + 2) + 1:r * (h + 2) + 1 + h, col * (w + 2) + 1:col * (w + 2) + 1 + w] = img.expand(3, h, w)
-    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    """N x C x H x W in [0, 1] -> an H x W x 3 uint8 grid, 2 pixels between images and 1 at the border."""
+    return tile(images, columns, pad=2, margin=1)
 
 
 def train(dataset: str, out: str | Path, *, dataset_params: dict | None = None, epochs: int = 20, batch: int = 64,
