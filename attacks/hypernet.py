@@ -91,7 +91,6 @@ class HyperFLInvert(Attack):
         theta, observed, report = recover_weights(message, view.public)
         head = view.public["head"]
         fixed = {n: p for n, p in view.protocol.params.items() if n in head}
-        buffers = view.protocol.buffers
         top = last_generated(view.public["generated"])
         captured: list[torch.Tensor] = []
         hook = model.get_submodule(top).register_forward_hook(lambda m, inputs, out: captured.append(out))
@@ -99,7 +98,7 @@ class HyperFLInvert(Attack):
 
         def features(x):
             captured.clear()
-            functional_call(model, ({**leaves, **fixed}, {k: b.clone() for k, b in buffers.items()}), (x,))
+            functional_call(model, ({**leaves, **fixed}, view.protocol.call_buffers()), (x,))
             return captured[0].flatten(1)
 
         def objective(z, signal):

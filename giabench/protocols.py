@@ -34,13 +34,16 @@ class Protocol:
         self.buffers: Update = {k: v.detach() for k, v in model.named_buffers()}
 
     def loss(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy; ``y`` is class indices or a (soft) label distribution. In train mode the buffers are
-        copied, so batch-norm running statistics of the broadcast model never change (eval mode does not write them)."""
-        buffers = {k: v.clone() for k, v in self.buffers.items()} if self.model.training else self.buffers
-        logits = functional_call(self.model, (params, buffers), (x,))
+        """Mean cross-entropy; ``y`` is class indices or a (soft) label distribution."""
+        logits = functional_call(self.model, (params, self.call_buffers()), (x,))
         if y.dtype.is_floating_point:
             return torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1).mean()
         return F.cross_entropy(logits, y)
+
+    def call_buffers(self) -> Update:
+        """The buffers for one forward pass: copies in train mode, so batch-norm running statistics of the broadcast
+        model never change (eval mode does not write them)."""
+        return {k: v.clone() for k, v in self.buffers.items()} if self.model.training else self.buffers
 
     def gradient(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> Update:
         """The mean gradient over the batch; keeps the graph when the inputs or the weights require it."""
