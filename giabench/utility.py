@@ -109,13 +109,13 @@ def train(cfg: UtilityConfig, defense: dict) -> dict:
     params = defenses.resolve(name, {k: v for k, v in defense.items() if k != "name"}, f"utility defense {name}")
     factory = defenses.get(name)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step = cfg.server_lr if proto_name == "fedsgd" else 1.0
-    estimator, previous, bytes_up, cost = None, None, 0, {}
-    start = time.perf_counter()
     if name == "hidenseek":
         return _hidenseek(cfg, factory, params, model, proto_name, proto_params, imageset, test, shards, gen)
     if name == "hyperfl":
         return _hyperfl(cfg, factory, params, model, proto_name, proto_params, imageset, test, shards, gen)
+    step = cfg.server_lr if proto_name == "fedsgd" else 1.0
+    estimator, previous, bytes_up, cost = None, None, 0, {}
+    start = time.perf_counter()
     for r in range(cfg.rounds):
         protocol = protocols.build(proto_name, proto_params, model)
         current = {k: v.clone() for k, v in protocol.params.items()}
