@@ -6,7 +6,7 @@ y = W x + b and per-sample output gradients delta_k,
 so a row i to which only sample k contributes gives x_k = (dL/dW_i) / (dL/db_i) exactly, for any batch size. Rows
 mixing several samples give delta-weighted averages. We divide every row with |dL/db_i| above a tolerance, group the
 candidates that agree to within ``tol`` (an exact input recurs in every row that it alone activates) and return the B
-largest groups, each averaged.
+largest groups, each averaged; when there are fewer groups than samples, the remaining slots are marked unfilled.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from giabench.attacks import labels as label_methods
-from giabench.attacks.base import Attack, Reconstruction
+from giabench.attacks.base import UNFILLED, Attack, Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
 
@@ -44,6 +44,13 @@ def group_candidates(candidates: torch.Tensor, weights: torch.Tensor, count: int
     return torch.stack([g[2] for g in groups[:count]])
 
 
+def fill_slots(found: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` slots holding the ``found`` images first, the rest ``UNFILLED``, and the mask of filled ones."""
+    images = torch.full((batch_size, *found.shape[1:]), UNFILLED)
+    images[: found.shape[0]] = found
+    return images, torch.arange(batch_size) < found.shape[0]
+
+
 @attack("fc-invert")
 class FCInvert(Attack):
     """Exact inversion of a first fully connected layer: x = (dL/dW_i) / (dL/db_i) (Phong et al. 2018, Sec. 3)."""
@@ -68,13 +75,12 @@ class FCInvert(Attack):
         candidates = weight[active] / bias[active, None]
         normalized = group_candidates(candidates, bias[active].abs(), view.batch_size, self.tol)
         mean, std = view.model.mean.cpu().double(), view.model.std.cpu().double()
-        images = (normalized.view(-1, *view.shape) * std + mean).float().clamp(0, 1)
-        if images.shape[0] < view.batch_size:  # fewer distinct inputs than samples: repeat the strongest
-            images = images[torch.arange(view.batch_size) % images.shape[0]]
+        found = (normalized.view(-1, *view.shape) * std + mean).float().clamp(0, 1)
+        images, recovered = fill_slots(found, view.batch_size)
         y = label_methods.resolve(self.labels, view, simulate)
         if progress:
             progress(1)
-        return Reconstruction(images, y, 1, extra={"rows": int(active.sum())})
+        return Reconstruction(images, y, 1, extra={"rows": int(active.sum())}, recovered=recovered)
 
 
 @attack("infer-labels")
@@ -141,7 +147,8 @@ class RobbingTheFed(Attack):
     (a normal fit). Cumulative bins: neuron i fires iff q(x) > c_i, so neighbouring rows differ by the samples
     with c_i < q(x) <= c_{i+1} and
         x = (dL/dW_i - dL/dW_{i+1}) / (dL/db_i - dL/db_{i+1})                                  (Eq. 4)
-    is exact when that bin holds one sample. ``sparse``: a hard-tanh neuron is linear only inside its own bin, so
+    is exact when that bin holds one sample; the top bin (q(x) > c_{K-1}) is the last row alone,
+    x = dL/dW_{K-1} / dL/db_{K-1}. ``sparse``: a hard-tanh neuron is linear only inside its own bin, so
     x = dL/dW_i / dL/db_i without differencing, which survives several local steps. The expected number of bins
     holding exactly one of B samples is B (1 - 1/K)^(B-1)."""
 
@@ -173,33 +180,33 @@ class RobbingTheFed(Attack):
         if surrogate is None or len(surrogate) < 2:
             raise ConfigError("attack rtf needs surrogate data to place its bins")
         query = self._query(shape, generator)
-        values = surrogate.flatten(1).cpu() @ query
+        cutoffs, widths = self.bin_edges(surrogate.flatten(1).cpu() @ query)
+        self.query_vector, self.cutoffs = query, cutoffs  # kept for analysis: which sample falls in which bin
+        return ImprintedModel(model, query, cutoffs, widths, self.gain, shape).to(model.mean.device)
+
+    def bin_edges(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cut-offs c_i at the quantiles of a normal fit to the surrogate query values (and, sparse, bin widths)."""
         normal = torch.distributions.Normal(values.mean(), values.std())
         if self.variant == "cumulative":
             inner = normal.icdf(torch.arange(1, self.bins) / self.bins)
-            cutoffs, widths = torch.cat([torch.tensor([values.min() - 10 * values.std()]), inner]), None
-        else:
-            edges = normal.icdf(torch.arange(1, self.bins + 2) / (self.bins + 2))
-            cutoffs, widths = edges[:-1], edges[1:] - edges[:-1]
-        self.query_vector, self.cutoffs = query, cutoffs  # kept for analysis: which sample falls in which bin
-        return ImprintedModel(model, query, cutoffs, widths, self.gain, shape).to(model.mean.device)
+            return torch.cat([torch.tensor([values.min() - 10 * values.std()]), inner]), None
+        edges = normal.icdf(torch.arange(1, self.bins + 2) / (self.bins + 2))
+        return edges[:-1], edges[1:] - edges[:-1]
 
     def reconstruct(self, view, simulate, generator, progress=None):
         weight = view.message["imprint.weight"].detach().double().cpu()
         bias = view.message["imprint.bias"].detach().double().cpu()
-        if self.variant == "cumulative":
-            weight = weight[:-1] - weight[1:]
-            bias = bias[:-1] - bias[1:]
+        if self.variant == "cumulative":  # bin i: row i minus row i+1; the top bin: the last row alone
+            weight = torch.cat([weight[:-1] - weight[1:], weight[-1:]])
+            bias = torch.cat([bias[:-1] - bias[1:], bias[-1:]])
         occupied = bias.abs() > 1e-9 * bias.abs().max().clamp_min(1e-30)
         strongest = torch.argsort(bias.abs() * occupied, descending=True)[: view.batch_size]
         strongest = strongest[occupied[strongest]]
-        images = torch.zeros(view.batch_size, *view.shape)
-        if strongest.numel():
-            found = (weight[strongest] / bias[strongest, None]).float().view(-1, *view.shape)
-            images[: found.shape[0]] = found.clamp(0, 1)
+        found = (weight[strongest] / bias[strongest, None]).float().view(-1, *view.shape).clamp(0, 1)
+        images, recovered = fill_slots(found, view.batch_size)
         y = label_methods.infer(self.labels, view, simulate)
         if progress:
             progress(1)
         expected = view.batch_size * (1 - 1 / self.bins) ** (view.batch_size - 1)
         return Reconstruction(images, y, 1, extra={"occupied_bins": int(occupied.sum()),
-                                                   "expected_single_bins": expected})
+                                                   "expected_single_bins": expected}, recovered=recovered)

@@ -38,6 +38,10 @@ class Reconstruction:
     iterations: int  # gradient evaluations spent (the budget unit)
     trace: list[float] = field(default_factory=list)  # objective, sampled along the run
     extra: dict = field(default_factory=dict)
+    recovered: torch.Tensor | None = None  # B bools: slots the attack filled (None: every slot is an attempt)
+
+
+UNFILLED = 0.5  # the pixel value of a slot an analytic attack could not fill: the constant guess of least worst case
 
 
 class Attack:

@@ -4,7 +4,13 @@ server, the fresh randomness is not).
 - ``share(x, y, generator)``: the message that really goes on the wire, drawing fresh noise from ``generator``;
 - ``simulate(x, y)``: the attacker's differentiable model of ``share`` (the same transform, no fresh noise);
 - ``public``: what the server legitimately knows after receiving the message (a sparsity mask, a noise scale ...);
-- ``cost()``: epsilon and delta where the mechanism is differentially private, and bytes uploaded.
+- ``cost()``: bytes uploaded, and where the mechanism is differentially private epsilon, delta and the adjacency they
+  hold for, composed over every release the client made (``releases``), times the rounds it declares.
+
+Adjacency (``ADJACENCIES``): ``add-remove`` (a dataset with one record more or less; Opacus' convention) or
+``replace-one`` (one record swapped, the batch size fixed and known). Replacing a record moves a sum of clipped
+per-record terms by up to 2C instead of C, so the same noise std z C is a Gaussian mechanism with noise multiplier
+z / 2 under replace-one.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ import math
 
 import torch
 
+from giabench.errors import ConfigError
 from giabench.protocols import GradRule, Protocol, Update
+
+ADJACENCIES = ("add-remove", "replace-one")
+Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps): one entry of an accountant's history
 
 
 class Client:
@@ -22,6 +32,7 @@ class Client:
     def __init__(self, protocol: Protocol):
         self.protocol = protocol
         self.public: dict = {}
+        self.releases: list[Release] = []  # DP releases of every share() so far (empty: not a DP mechanism)
 
     def rule(self, generator: torch.Generator | None) -> GradRule | None:
         """The per-step gradient rule (``None``: the plain mean gradient); ``generator=None`` means simulate."""
@@ -50,7 +61,20 @@ class Client:
         return sum(p.numel() for p in self.protocol.params.values())
 
     def cost(self) -> dict:
-        return {"epsilon": math.inf, "delta": 0.0, "bytes": 4 * self.numel()}
+        return {"epsilon": math.inf, "delta": 0.0, "adjacency": "", "bytes": 4 * self.numel()}
+
+
+def check_adjacency(name: str, adjacency: str, sample_rate: float = 1.0) -> None:
+    if adjacency not in ADJACENCIES:
+        raise ConfigError(f"defense {name}: adjacency must be one of {', '.join(ADJACENCIES)}, got {adjacency!r}")
+    if adjacency == "replace-one" and sample_rate < 1:
+        raise ConfigError(f"defense {name}: the accountant's subsampled bound holds for add-remove adjacency only; "
+                          "use sample_rate 1 with replace-one")
+
+
+def dp_cost(releases: list[Release], rounds: int, delta: float, adjacency: str) -> dict:
+    """Epsilon, delta and adjacency of ``rounds`` repetitions of ``releases`` (no release yet: epsilon 0)."""
+    return {"epsilon": rdp_epsilon(releases * rounds, delta, adjacency), "delta": delta, "adjacency": adjacency}
 
 
 def clip_update(update: Update, bound: float) -> Update:
@@ -60,15 +84,19 @@ def clip_update(update: Update, bound: float) -> Update:
     return {k: scale * v for k, v in update.items()}
 
 
-def rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
-    """Epsilon at ``delta`` from Opacus' RDP accountant over ``(noise multiplier, sample rate, steps)`` releases;
-    infinite when a release with steps has no noise, releases with zero steps are skipped."""
+def rdp_epsilon(history: list[Release], delta: float, adjacency: str = "add-remove") -> float:
+    """Epsilon at ``delta`` from Opacus' RDP accountant over ``(noise multiplier, sample rate, steps)`` releases,
+    composed; noise multipliers are halved under replace-one adjacency. Infinite when a release with steps has no
+    noise; 0 when nothing was released."""
     from opacus.accountants import RDPAccountant
 
-    if any(z == 0 and n > 0 for z, _, n in history):
+    history = [(z / 2 if adjacency == "replace-one" else z, q, n) for z, q, n in history if n > 0]
+    if any(z == 0 for z, _, _ in history):
         return math.inf
+    if not history:
+        return 0.0
     accountant = RDPAccountant()
-    accountant.history = [h for h in history if h[2] > 0]
+    accountant.history = history
     return float(accountant.get_epsilon(delta))
 
 

@@ -66,4 +66,4 @@ class TopKPruning(Client):
 
     def cost(self):
         kept = sum(math.ceil((1 - self.fraction) * p.numel()) for p in self.protocol.params.values())
-        return {"epsilon": math.inf, "delta": 0.0, "bytes": 8 * kept}  # float32 value + int32 index
+        return {**super().cost(), "bytes": 8 * kept}  # float32 value + int32 index

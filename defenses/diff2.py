@@ -16,8 +16,9 @@ directions (our design choice: the paper's iterates depend on every node's data,
 per-round attack) or ``telescoped`` (the restart plus every difference since, which is the server's running
 estimator v_r ~ grad f(x): the multi-round attack).
 
-Privacy (per node, add/remove of one record, q = 1): ceil(R/T) Gaussian releases with noise multiplier z1 and
-R - ceil(R/T) with z2 over ``total_rounds`` R, composed by Opacus' RDP accountant, epsilon at ``delta``.
+Privacy (per node, one record, q = 1): ceil(R/T) Gaussian releases with noise multiplier z1 and R - ceil(R/T) with
+z2 over ``total_rounds`` R, composed by Opacus' RDP accountant, epsilon at ``delta``, for the stated ``adjacency``:
+add-remove (the ClippedMean moves by C/n) or replace-one (2C/n, so z1 and z2 count half).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 
 import torch
 
-from giabench.defenses.base import Client, clip_update, gaussian_like, rdp_epsilon
+from giabench.defenses.base import Client, check_adjacency, clip_update, gaussian_like, rdp_epsilon
 from giabench.errors import ConfigError
 from giabench.protocols import Protocol, Update
 from giabench.registry import defense
@@ -65,10 +66,11 @@ def difference_message(protocol, new, old, x, y, clip, noise, generator) -> Upda
     return message
 
 
-def epsilon(noise1: float, noise2: float, period: int, total_rounds: int, delta: float) -> float:
+def epsilon(noise1: float, noise2: float, period: int, total_rounds: int, delta: float,
+            adjacency: str = "add-remove") -> float:
     """Opacus RDP accountant over ceil(R/T) restart and R - ceil(R/T) difference releases (sample rate 1)."""
     restarts = math.ceil(total_rounds / period)
-    return rdp_epsilon([(noise1, 1.0, restarts), (noise2, 1.0, total_rounds - restarts)], delta)
+    return rdp_epsilon([(noise1, 1.0, restarts), (noise2, 1.0, total_rounds - restarts)], delta, adjacency)
 
 
 @defense("diff2")
@@ -77,7 +79,7 @@ class DIFF2(Client):
 
     def __init__(self, protocol, *, clip1: float = 1.0, clip2: float = 1.0, noise1: float = 1.0, noise2: float = 1.0,
                  period: int = 10, rounds: int = 1, step: float = 0.01, view: str = "telescoped",
-                 total_rounds: int = 100, delta: float = 1e-5, seed: int = 0):
+                 total_rounds: int = 100, delta: float = 1e-5, seed: int = 0, adjacency: str = "add-remove"):
         super().__init__(protocol)
         if protocol is not None and protocol.name != "fedsgd":
             raise ConfigError("defense diff2 is DIFF2-GD: it needs protocol fedsgd (full local batch)")
@@ -88,6 +90,8 @@ class DIFF2(Client):
             raise ConfigError(f"defense diff2: view must be one of {', '.join(VIEWS)}; difference needs rounds >= 1")
         if total_rounds < 1 or not 0 < delta < 1:
             raise ConfigError("defense diff2: total_rounds >= 1 and 0 < delta < 1")
+        check_adjacency("diff2", adjacency)
+        self.adjacency = adjacency
         self.clip1, self.clip2, self.noise1, self.noise2 = clip1, clip2, noise1, noise2
         self.period, self.rounds, self.view, self.total_rounds, self.delta = period, rounds, view, total_rounds, delta
         if protocol is not None:  # None: validation of the parameters only (suite loading)
@@ -124,5 +128,6 @@ class DIFF2(Client):
         return self._message(x, y, None)
 
     def cost(self):
-        return {"epsilon": epsilon(self.noise1, self.noise2, self.period, self.total_rounds, self.delta),
-                "delta": self.delta, "bytes": 4 * self.numel()}  # per round: one float32 vector
+        return {"epsilon": epsilon(self.noise1, self.noise2, self.period, self.total_rounds, self.delta,
+                                   self.adjacency),
+                "delta": self.delta, "adjacency": self.adjacency, "bytes": 4 * self.numel()}  # per round: one vector

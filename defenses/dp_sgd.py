@@ -1,18 +1,23 @@
 """DP-SGD on the client (Abadi et al., CCS 2016), with Opacus' privacy accountant.
 
-Each local step clips every per-sample gradient to norm C and adds Gaussian noise to the sum (Abadi et al., Alg. 1):
-    g = (1/B) * ( sum_i g_i * min(1, C / ||g_i||_2) + N(0, z^2 C^2 I) ),
-the form Opacus' DPOptimizer computes. Under FedSGD the message is one such g; under FedAvg every local step uses it.
-The adaptive attacker knows C, z and the protocol and matches the noise-free clipped mean. Epsilon is Opacus' RDP
-accountant for noise multiplier z, sample rate q and the number of steps (by default one client update: q = 1 and the
-protocol's local steps), at the stated delta.
+Each local step draws a Poisson sample S of its minibatch (every record independently with probability q, the
+``sample_rate``; q = 1 keeps them all), clips every per-sample gradient to norm C and adds Gaussian noise to the sum
+(Abadi et al., Alg. 1, with Opacus' normalization by the expected batch size q n):
+    g = (1 / (q n)) * ( sum_{i in S} g_i * min(1, C / ||g_i||_2) + N(0, z^2 C^2 I) ).
+Under FedSGD the message is one such g; under FedAvg every local step uses it. The adaptive attacker knows C, z, q and
+the protocol, not the fresh sample or noise, and matches the expectation, the noise-free clipped mean over the batch.
+
+Privacy: every local step is one subsampled Gaussian release (z, q). Epsilon at ``delta`` is Opacus' RDP accountant
+composed over every step of every share() and over the ``rounds`` rounds the client declares it takes part in, for
+the stated ``adjacency`` (add-remove; replace-one halves z and needs q = 1). Counting every local step as a release
+of every record is exact for full-batch steps and an upper bound with minibatches.
 """
 
 from __future__ import annotations
 
 import torch
 
-from giabench.defenses.base import Client, clip_update, gaussian_like, rdp_epsilon
+from giabench.defenses.base import Client, check_adjacency, clip_update, dp_cost, gaussian_like
 from giabench.errors import ConfigError
 from giabench.registry import defense
 
@@ -28,34 +33,39 @@ def clipped_sum(protocol, params, x, y, clip: float):
 
 @defense("dp-sgd")
 class DPSGD(Client):
-    """Per-sample clipping to ``clip`` and Gaussian noise of std ``noise_multiplier * clip`` on every local step."""
+    """Poisson sampling at ``sample_rate``, per-sample clipping to ``clip`` and Gaussian noise of std
+    ``noise_multiplier * clip`` on every local step."""
 
     def __init__(self, protocol, *, clip: float = 1.0, noise_multiplier: float = 1.0, delta: float = 1e-5,
-                 sample_rate: float = 1.0, rounds: int = 1):
+                 sample_rate: float = 1.0, rounds: int = 1, adjacency: str = "add-remove"):
         super().__init__(protocol)
         if clip <= 0 or noise_multiplier < 0 or not 0 < delta < 1 or not 0 < sample_rate <= 1 or rounds < 1:
             raise ConfigError("defense dp-sgd: needs clip > 0, noise_multiplier >= 0, 0 < delta < 1, "
                               "0 < sample_rate <= 1 and rounds >= 1")
+        check_adjacency("dp-sgd", adjacency, sample_rate)
         self.clip, self.noise_multiplier, self.delta = clip, noise_multiplier, delta
-        self.sample_rate, self.rounds = sample_rate, rounds
-        self.steps = None
-        self.public = {"clip": clip, "noise_multiplier": noise_multiplier}
+        self.sample_rate, self.rounds, self.adjacency = sample_rate, rounds, adjacency
+        self.public = {"clip": clip, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate}
 
     def rule(self, generator):
+        q = self.sample_rate
+
         def private_gradient(protocol, params, x, y):
+            n = x.shape[0]
+            if generator is not None and q < 1:  # the fresh Poisson sample; the attacker matches its expectation
+                keep = torch.rand(n, generator=generator) < q
+                x, y = x[keep.to(x.device)], y[keep.to(y.device)]
             total = clipped_sum(protocol, params, x, y, self.clip)
             if generator is not None and self.noise_multiplier > 0:
                 std = self.noise_multiplier * self.clip
                 total = {k: v + gaussian_like(v, std, generator) for k, v in total.items()}
-            return {k: v / x.shape[0] for k, v in total.items()}
+            return {k: v / (n * (q if generator is not None else 1.0)) for k, v in total.items()}
 
         return private_gradient
 
     def share(self, x, y, generator):
-        self.steps = self.protocol.local_steps(x)
+        self.releases.append((self.noise_multiplier, self.sample_rate, self.protocol.local_steps(x)))
         return super().share(x, y, generator)
 
     def cost(self):
-        steps = (self.steps or 1) * self.rounds
-        epsilon = rdp_epsilon([(self.noise_multiplier, self.sample_rate, steps)], self.delta)
-        return {**super().cost(), "epsilon": epsilon, "delta": self.delta}
+        return {**super().cost(), **dp_cost(self.releases, self.rounds, self.delta, self.adjacency)}

@@ -19,6 +19,7 @@ Noise (``noise``), our documented choice where the paper leaves it open:
   most ||R||_op C (user level), and ||R||_op is computed exactly for the drawn, public R (largest singular value for
   Gaussian, sqrt of the largest bucket for CountSketch, sqrt(d'/s) for SRHT): one Gaussian release with noise
   multiplier z per round, accounted by Opacus' RDP accountant.
+Epsilon composes every message the client shared, for the stated ``adjacency`` (replace-one halves z).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import math
 
 import torch
 
-from giabench.defenses.base import Client, clip_update, gaussian_like, rdp_epsilon
+from giabench.defenses.base import Client, check_adjacency, clip_update, dp_cost, gaussian_like
 from giabench.defenses.dp_sgd import DPSGD
 from giabench.errors import ConfigError, NotApplicable
 from giabench.protocols import Update
@@ -113,16 +114,19 @@ class Sketching(Client):
 
     def __init__(self, protocol, *, kind: str = "countsketch", ratio: float = 0.1, noise: str = "none",
                  clip: float = 1.0, noise_multiplier: float = 1.0, delta: float = 1e-5, seed: int = 0,
-                 secret: bool = False):
+                 secret: bool = False, adjacency: str = "add-remove"):
         super().__init__(protocol)
         if kind not in KINDS or noise not in NOISE:
             raise ConfigError(f"defense sketch: kind must be one of {', '.join(KINDS)} and noise one of "
                               f"{', '.join(NOISE)}")
         if not 0 < ratio <= 1 or clip <= 0 or noise_multiplier < 0:
             raise ConfigError("defense sketch: needs 0 < ratio <= 1, clip > 0 and noise_multiplier >= 0")
+        check_adjacency("sketch", adjacency)
         self.noise, self.clip, self.noise_multiplier, self.delta, self.secret = noise, clip, noise_multiplier, \
             delta, secret
-        self.dp = DPSGD(protocol, clip=clip, noise_multiplier=noise_multiplier, delta=delta) if noise == "pre" else None
+        self.adjacency = adjacency
+        self.dp = DPSGD(protocol, clip=clip, noise_multiplier=noise_multiplier, delta=delta,
+                        adjacency=adjacency) if noise == "pre" else None
         if protocol is None:  # validation of the parameters only (suite loading)
             return
         d = self.numel()
@@ -144,8 +148,8 @@ class Sketching(Client):
         return {"sketch": y}
 
     def share(self, x, y, generator):
-        if self.dp:
-            self.dp.steps = self.protocol.local_steps(x)
+        if self.dp or (self.noise == "post" and self.noise_multiplier > 0):  # pre: every local step; post: one
+            self.releases.append((self.noise_multiplier, 1.0, self.protocol.local_steps(x) if self.dp else 1))
         return super().share(x, y, generator)
 
     def decode(self, message: Update) -> Update:
@@ -153,9 +157,7 @@ class Sketching(Client):
         return unflatten(self.sketch.transpose(message["sketch"]), self.protocol.params)
 
     def cost(self):
-        cost = {"epsilon": math.inf, "delta": 0.0, "bytes": 4 * self.sketch.s}
-        if self.dp:
-            return {**self.dp.cost(), "bytes": cost["bytes"]}
-        if self.noise == "post" and self.noise_multiplier > 0:
-            return {**cost, "epsilon": rdp_epsilon([(self.noise_multiplier, 1.0, 1)], self.delta), "delta": self.delta}
+        cost = {**super().cost(), "bytes": 4 * self.sketch.s}
+        if self.dp or (self.noise == "post" and self.noise_multiplier > 0):
+            return {**cost, **dp_cost(self.releases, 1, self.delta, self.adjacency)}
         return cost

@@ -11,6 +11,8 @@ from pathlib import Path
 from giabench.errors import ConfigError, GiabenchError
 
 EXIT_BAD_INPUT = 2
+THREADS_HELP = ("CPU threads per cell, in-process and in every worker (default: 1); a numerics setting, stored with "
+                "every result: a run folder holds one setting only")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default: runs/SUITE); rerunning resumes it")
     run.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
     run.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    run.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     run.add_argument("--data-root", default="", help="folder of real datasets (cifar10, mnist, ...)")
     run.add_argument("--download", action="store_true", help="allow torchvision to download missing datasets")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -41,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     regress.add_argument("--suite", default="smoke")
     regress.add_argument("--baseline", required=True)
     regress.add_argument("--out", help="run folder (default: a fresh temporary folder, so that nothing is reused)")
+    regress.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    regress.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     regress.add_argument("--update", action="store_true", help="write the run's table as the new baseline")
     regress.add_argument("--quiet", action="store_true")
     util = sub.add_parser("utility", help="short federated training under each defense of a utility YAML file: "
@@ -48,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     util.add_argument("config", help="a utility YAML file (see benchmarks/utility.yaml)")
     util.add_argument("--out", default="runs/utility", help="output folder (default: runs/utility)")
     util.add_argument("--data-root", default="", help="folder of real datasets, for torchvision ones such as cifar10")
+    util.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     util.add_argument("--quiet", action="store_true")
     gan = sub.add_parser("train-generator", help="train a DCGAN image prior for the generative attacks; writes "
                                                  "OUT (.pt), OUT's .json (config, sha256) and sample grids")
@@ -86,9 +92,9 @@ def cmd_utility(args) -> int:
 
     cfg = utility.load_config(args.config)
     cfg.data_root = args.data_root or cfg.data_root
-    frame = utility.run(cfg, args.out, show_progress=not args.quiet)
-    print(frame[["defense", "defense_params", "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon"]]
-          .to_string(index=False))
+    frame = utility.run(cfg, args.out, show_progress=not args.quiet, threads=args.threads)
+    columns = ["defense", "defense_params", "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon", "adjacency"]
+    print(frame[columns].to_string(index=False))
     print(f"wrote {Path(args.out) / 'utility.csv'}")
     return 0
 
@@ -109,13 +115,20 @@ def _leaderboard(run_dir: Path, title: str, utility: str | None = None) -> str:
     return tables.terminal(tables.ranking(frame))
 
 
+def _check_parallelism(env, workers: int) -> None:
+    from giabench import numerics
+
+    numerics.settings(env.device, env.threads)
+    if workers < 1:
+        raise GiabenchError("--workers must be at least 1")
+
+
 def cmd_run(args) -> int:
     from giabench import runner, suite
 
     loaded = suite.load(args.suite)
-    env = runner.Environment(runner.pick_device(args.device), args.data_root, args.download)
-    if args.workers < 1:
-        raise GiabenchError("--workers must be at least 1")
+    env = runner.Environment(runner.pick_device(args.device), args.data_root, args.download, args.threads)
+    _check_parallelism(env, args.workers)
     out = Path(args.out or Path("runs") / loaded.name)
     runner.run_suite(loaded, out, env, workers=args.workers, show_progress=not args.quiet)
     print(_leaderboard(out, f"giabench: {loaded.name}"))

@@ -1,7 +1,11 @@
 """Reconstruction quality, after matching reconstructions to private images.
 
-Batch order is not recoverable from a summed gradient, so reconstructions are first assigned to private images by the
-optimal assignment (Hungarian algorithm, scipy ``linear_sum_assignment``) on pairwise MSE. Then per image:
+Batch order is not recoverable from a summed gradient, so reconstructions are first assigned to private images. When
+every slot is an attempt (optimization and generative attacks), by the optimal assignment (Hungarian algorithm, scipy
+``linear_sum_assignment``) on pairwise MSE. When an attack recovers only some slots (``recovered``, e.g. Robbing the
+Fed's occupied bins), each recovered image goes to its best (lowest-MSE) target, the best one wins where several pick
+the same target, and the targets left over get the remaining slots by the optimal assignment: an unfilled slot never
+pushes an exact reconstruction off its target. Then per image:
     MSE = mean (x_hat - x)^2,   PSNR = 10 log10(1 / MSE)  (pixels in [0, 1]),
 SSIM (Wang et al., 2004) as scikit-image computes it (7x7 uniform window, data range 1), LPIPS-alex v0.1 (see
 ``giabench.lpips``), label accuracy as the size of the multiset intersection of true and recovered labels over B, and
@@ -34,12 +38,19 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(structural_similarity(a.numpy(), b.numpy(), data_range=1.0, channel_axis=0, win_size=win))
 
 
-def match(recon: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
-    """``order[j]`` is the reconstruction assigned to private image j (minimum total MSE)."""
-    cost = ((recon[:, None] - truth[None]) ** 2).flatten(2).mean(-1)
-    rows, cols = linear_sum_assignment(cost.numpy())
-    order = np.empty(len(cols), dtype=int)
-    order[cols] = rows
+def match(recon: torch.Tensor, truth: torch.Tensor, recovered: torch.Tensor | None = None) -> np.ndarray:
+    """``order[j]`` is the reconstruction assigned to private image j: recovered slots to their best targets first,
+    then minimum total MSE over what is left (all of it when ``recovered`` is None)."""
+    cost = ((recon[:, None] - truth[None]) ** 2).flatten(2).mean(-1).numpy()
+    order = np.full(len(truth), -1)
+    for slot in np.flatnonzero(recovered.cpu().numpy()) if recovered is not None else []:
+        target = int(cost[slot].argmin())
+        if order[target] < 0 or cost[slot, target] < cost[order[target], target]:
+            order[target] = slot
+    free_targets = np.flatnonzero(order < 0)
+    free_slots = np.setdiff1d(np.arange(len(recon)), order[order >= 0])
+    rows, cols = linear_sum_assignment(cost[np.ix_(free_slots, free_targets)])
+    order[free_targets[cols]] = free_slots[rows]
     return order
 
 
@@ -60,8 +71,9 @@ def label_set_accuracy(pred: torch.Tensor | None, truth: torch.Tensor) -> float:
 
 
 def score(recon: torch.Tensor | None, labels: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor,
-          with_lpips: bool = True) -> tuple[dict, list[dict], np.ndarray]:
-    """Summary scores, one row per private image, and the matching order (label-only attacks: ``recon`` None)."""
+          with_lpips: bool = True, recovered: torch.Tensor | None = None) -> tuple[dict, list[dict], np.ndarray]:
+    """Summary scores, one row per private image, and the matching order (label-only attacks: ``recon`` None;
+    ``recovered``: the mask of slots the attack filled, None when it attempted every slot)."""
     x = x.detach().float().cpu()
     if recon is None:
         order = np.arange(len(x))
@@ -70,7 +82,7 @@ def score(recon: torch.Tensor | None, labels: torch.Tensor | None, x: torch.Tens
         source = "no images"
     else:
         recon = recon.detach().float().cpu().clamp(0, 1)
-        order = match(recon, x)
+        order = match(recon, x, recovered)
         matched = recon[order]
         net, source = lpips.load() if with_lpips else (None, "not computed")
         if net is not None:

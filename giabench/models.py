@@ -5,6 +5,14 @@ optimize and clamp in pixel space. A model's *state* is ``untrained`` (seeded in
 seeded SGD steps on a dataset, cached on disk) or ``checkpoint:PATH`` (a tensor-only state dict). Its *mode* is
 ``eval`` (batch norm uses running statistics, as in the Inverting Gradients experiments) or ``train`` (batch norm
 uses the client batch's statistics).
+
+Its *init* is how the untrained weights are drawn (seeded by the cell's seed). Each model's default is what the cited
+paper's code does, named in its docstring; the others are options. The scheme is a model parameter, so it is part of
+the cell's identity and recorded with its results:
+- ``pytorch``: every layer's own ``reset_parameters`` (Kaiming-uniform with a = sqrt(5) for convolutions and linear
+  layers, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) biases, batch norm 1 and 0);
+- ``he``: Kaiming-normal convolution weights, std = sqrt(2 / fan_out) (torchvision's ResNets), the rest as built;
+- ``uniform``: every weight and bias U(-0.5, 0.5) (DLG's LeNet).
 """
 
 from __future__ import annotations
@@ -23,6 +31,24 @@ from giabench.errors import ConfigError
 from giabench.registry import model, models
 
 MODES = ("eval", "train")
+INITS = ("pytorch", "he", "uniform")
+
+
+def initialize(net: nn.Module, init: str, built: str = "pytorch") -> None:
+    """Draw ``net``'s weights by ``init``; ``built`` is the scheme the constructor already applied, which is kept as
+    it is (so its random draws are the constructor's)."""
+    if init not in INITS:
+        raise ConfigError(f"{type(net).__name__.lower()}: init must be one of {', '.join(INITS)}, got {init!r}")
+    if init == built:
+        return
+    for m in net.modules():
+        if init == "pytorch" and isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            m.reset_parameters()
+        elif init == "he" and isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    if init == "uniform":
+        for p in net.parameters():
+            nn.init.uniform_(p, -0.5, 0.5)
 
 
 class Classifier(nn.Module):
@@ -46,9 +72,10 @@ class Classifier(nn.Module):
 
 @model("lenet")
 class LeNet(nn.Module):
-    """The DLG paper's LeNet (Zhu et al., NeurIPS 2019): three 5x5 convolutions (12 channels), sigmoid, one FC."""
+    """The DLG paper's LeNet (Zhu et al., NeurIPS 2019): three 5x5 convolutions (12 channels), sigmoid, one FC. Init
+    ``uniform`` (every weight and bias U(-0.5, 0.5)), as DLG's code (and breaching's LeNetZhu) does."""
 
-    def __init__(self, shape, num_classes, *, channels: int = 12):
+    def __init__(self, shape, num_classes, *, channels: int = 12, init: str = "uniform"):
         super().__init__()
         c, h, w = shape
         act = nn.Sigmoid
@@ -58,8 +85,7 @@ class LeNet(nn.Module):
             nn.Conv2d(channels, channels, 5, stride=1, padding=2), act(),
         )
         self.fc = nn.Linear(channels * ((h + 3) // 4) * ((w + 3) // 4), num_classes)
-        for p in self.parameters():  # DLG's initialization: every weight and bias uniform in [-0.5, 0.5]
-            nn.init.uniform_(p, -0.5, 0.5)
+        initialize(self, init)
 
     def forward(self, x):
         return self.fc(self.features(x).flatten(1))
@@ -78,9 +104,12 @@ def _conv_bn(cin: int, cout: int, act: str) -> list[nn.Module]:
 @model("convnet")
 class ConvNet(nn.Module):
     """The ConvNet of Inverting Gradients (Geiping et al., NeurIPS 2020): 8 conv-BN-ReLU blocks of width w, 2w and
-    4w with three max-pools, then one linear layer. ``width`` scales every layer (the paper uses 64)."""
+    4w with two max-pools, then one linear layer. ``width`` scales every layer (the paper uses 64). Init
+    ``pytorch``, the layers' own, which the Inverting Gradients code (``ConvNet`` in inversefed) and breaching keep;
+    ``he`` was giabench's choice before 0.2."""
 
-    def __init__(self, shape, num_classes, *, width: int = 64, activation: str = "relu", pool: str = "max"):
+    def __init__(self, shape, num_classes, *, width: int = 64, activation: str = "relu", pool: str = "max",
+                 init: str = "pytorch"):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError(f"convnet: activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
@@ -94,23 +123,25 @@ class ConvNet(nn.Module):
         with torch.no_grad():
             flat = self.features(torch.zeros(2, c, h, w)).flatten(1).shape[1]
         self.fc = nn.Linear(flat, num_classes)
-        for m in self.features:
-            if isinstance(m, nn.Conv2d):  # He initialization, as torchvision's ResNets
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        initialize(self, init)
 
     def forward(self, x):
         return self.fc(self.features(x).flatten(1))
 
 
 @model("resnet18")
-def resnet18(shape, num_classes, *, width: int = 64) -> nn.Module:
-    """ResNet-18 (He et al., CVPR 2016) with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool."""
-    net = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes,
-                                    width_per_group=64)
+def resnet18(shape, num_classes, *, width: int = 64, init: str = "he") -> nn.Module:
+    """ResNet-18 (He et al., CVPR 2016) with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool. Init
+    ``he``, torchvision's (Kaiming-normal fan-out convolutions, batch norm 1 and 0), which the Inverting
+    Gradients code's ResNet and breaching's keep."""
     if width != 64:
         raise ConfigError("resnet18: only width 64 is supported")
+    net = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes,
+                                    width_per_group=64)
     net.conv1 = nn.Conv2d(shape[0], 64, 3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     net.maxpool = nn.Identity()
+    initialize(net, init, built="he")
     return net
 
 
@@ -119,9 +150,10 @@ class CNN6(nn.Module):
     """A six-convolution LeakyReLU network in the style of R-GAP's CNN6 (Zhu & Blaschko, ICLR 2021): bias-free
     convolutions 3-12-36-36-36-64-128 channels (the first 4x4, the rest 3x3; strides 2, 2, 1, 1, 2, 1), LeakyReLU
     with slope ``slope``, one linear layer with a bias. Every layer has at least as many forward plus gradient
-    equations as unknown inputs, the condition R-GAP's layer-wise inversion needs."""
+    equations as unknown inputs, the condition R-GAP's layer-wise inversion needs. Init ``pytorch``, as R-GAP's
+    code leaves it."""
 
-    def __init__(self, shape, num_classes, *, slope: float = 0.2):
+    def __init__(self, shape, num_classes, *, slope: float = 0.2, init: str = "pytorch"):
         super().__init__()
         if not 0 < slope < 1:
             raise ConfigError(f"cnn6: slope must be in (0, 1) so the activation is invertible, got {slope}")
@@ -134,6 +166,7 @@ class CNN6(nn.Module):
         with torch.no_grad():
             flat = self.features(torch.zeros(1, c, h, w)).numel()
         self.fc = nn.Linear(flat, num_classes)
+        initialize(self, init)
 
     def forward(self, x):
         return self.fc(self.features(x).flatten(1))
@@ -144,9 +177,9 @@ class CifarCNN(nn.Module):
     """The small CNN of the personalized-FL papers (FedPAC; HyperFL, Guo et al., AAAI 2025): 5x5 convolutions with
     16 and 32 channels, each followed by LeakyReLU and 2x2 max-pooling, a 3x3 convolution with 64 channels and
     LeakyReLU, then ``fc1`` to 128 units (LeakyReLU) and the classifier ``fc2``. On 32x32 inputs fc1 sees 576
-    features, as in the paper's CIFAR-10 network."""
+    features, as in the paper's CIFAR-10 network. Init ``pytorch``, as the FedPAC/HyperFL code leaves it."""
 
-    def __init__(self, shape, num_classes, *, hidden: int = 128):
+    def __init__(self, shape, num_classes, *, hidden: int = 128, init: str = "pytorch"):
         super().__init__()
         c, h, w = shape
         self.features = nn.Sequential(
@@ -158,6 +191,7 @@ class CifarCNN(nn.Module):
             flat = self.features(torch.zeros(1, c, h, w)).numel()
         self.fc1 = nn.Linear(flat, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
+        initialize(self, init)
 
     def forward(self, x):
         return self.fc2(F.leaky_relu(self.fc1(self.features(x).flatten(1))))
@@ -165,15 +199,17 @@ class CifarCNN(nn.Module):
 
 @model("mlp")
 class MLP(nn.Module):
-    """A fully connected network: flatten, ``depth`` hidden layers of ``width`` ReLU units, linear output."""
+    """A fully connected network: flatten, ``depth`` hidden layers of ``width`` ReLU units, linear output. Init
+    ``pytorch`` (no paper fixes this model)."""
 
-    def __init__(self, shape, num_classes, *, width: int = 256, depth: int = 1):
+    def __init__(self, shape, num_classes, *, width: int = 256, depth: int = 1, init: str = "pytorch"):
         super().__init__()
         dims = [int(torch.tensor(shape).prod())] + [width] * depth
         layers: list[nn.Module] = [nn.Flatten()]
         for cin, cout in zip(dims[:-1], dims[1:], strict=False):
             layers += [nn.Linear(cin, cout), nn.ReLU()]
         self.layers = nn.Sequential(*layers, nn.Linear(dims[-1], num_classes))
+        initialize(self, init)
 
     def forward(self, x):
         return self.layers(x)

@@ -1,7 +1,9 @@
 """Run cells: play one federated round under the defense, hand the attacker the server's view, score the result.
 
 Every random draw comes from a ``torch.Generator`` seeded from the cell's seed (batch choice, model init, the defense's
-fresh noise, the attack's initialization), so a cell gives the same numbers whenever it runs on the same machine.
+fresh noise, the attack's initialization), and every cell runs under pinned numerics (``giabench.numerics``: thread
+count, device, dtype), the same in-process and in worker processes, so a cell gives the same numbers whenever it runs
+on the same hardware with the same settings. A run folder holds cells of one numerics setting only.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from giabench import __version__, data, metrics, models, protocols, threats
+from giabench import __version__, data, metrics, models, numerics, protocols, threats
 from giabench.attacks.base import ServerView
-from giabench.errors import ConfigError, NotApplicable
+from giabench.errors import ConfigError, GiabenchError, NotApplicable
 from giabench.registry import attacks, datasets, defenses
 from giabench.store import Store
 from giabench.suite import Cell, Suite
@@ -28,11 +30,17 @@ from giabench.suite import Cell, Suite
 
 @dataclass(frozen=True)
 class Environment:
-    """Where a cell runs; none of this changes a cell's identity."""
+    """Where a cell runs. None of this changes a cell's identity; ``device`` and ``threads`` are its numerics settings,
+    stored with its row."""
 
     device: str = "cpu"
     data_root: str = ""
     download: bool = False
+    threads: int = 1
+
+    @property
+    def numerics(self) -> dict:
+        return numerics.settings(self.device, self.threads)
 
 
 def pick_device(name: str) -> str:
@@ -64,7 +72,13 @@ def _seeded(seed: int, stream: int) -> torch.Generator:
 
 
 def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[dict], np.ndarray]:
-    """Run one cell; returns its result row, its per-image rows and the image grid (H x W x C uint8)."""
+    """Run one cell under its pinned numerics; returns its result row, its per-image rows and the image grid
+    (H x W x C uint8)."""
+    with numerics.pinned(env.device, env.threads):
+        return _run_cell(cell, env, progress)
+
+
+def _run_cell(cell: Cell, env: Environment, progress) -> tuple[dict, list[dict], np.ndarray]:
     config, seed = cell.config, cell.config["seed"]
     device = torch.device(env.device)
     imageset = _dataset(config, env)
@@ -103,7 +117,7 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
         summary, image_rows, order = metrics.score(None, None, x, y)
         summary["lpips_source"] = "not applicable"
     else:
-        summary, image_rows, order = metrics.score(recon.images, recon.labels, x, y)
+        summary, image_rows, order = metrics.score(recon.images, recon.labels, x, y, recovered=recon.recovered)
     cost = client.cost()
     row = {
         "cell": cell.id, "attack": config["attack"]["name"], "defense": config["defense"]["name"],
@@ -113,10 +127,10 @@ def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[di
         **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc", "exact")},
         "lpips_source": summary["lpips_source"], "iterations": recon.iterations if recon else 0, "wall_s": wall,
         "status": status, "note": note, "extra": extra,
-        "epsilon": cost["epsilon"], "delta": cost["delta"], "bytes": cost["bytes"],
+        "epsilon": cost["epsilon"], "delta": cost["delta"], "adjacency": cost["adjacency"], "bytes": cost["bytes"],
         "attack_params": attack_cfg, "defense_params": defense_cfg,
         "model_params": _params(config, "model"), "protocol_params": protocol_cfg,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+        **env.numerics, "hardware": numerics.hardware(env.device),
         "versions": {"giabench": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "config": config,
     }
@@ -149,14 +163,19 @@ def image_grid(truth: torch.Tensor, recon: torch.Tensor, pad: int = 2) -> np.nda
     return tile(torch.cat([truth, recon]), truth.shape[0], pad, pad)
 
 
-def _run_in_worker(cell: Cell, env: Environment):
-    torch.set_num_threads(1)
-    return run_cell(cell, env)
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{k}={settings.get(k)}" for k in ("device", "threads", "dtype"))
 
 
 def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1, show_progress: bool = True) -> Store:
     """Run every cell of ``suite`` that ``out`` does not hold yet; finished cells are stored as they complete."""
     store = Store(out)
+    stored = store.numerics()
+    if stored and stored != [env.numerics]:
+        found = "; ".join(_describe(n) for n in stored)
+        raise GiabenchError(f"{out} holds cells computed with {found}; this run would use {_describe(env.numerics)}. "
+                            "Results under other numerics are other measurements: rerun with the same --threads and "
+                            "--device, or use another --out")
     (Path(out) / "suite.json").write_text(json.dumps(
         {"name": suite.name, "description": suite.description, "source": suite.source,
          "cells": [c.id for c in suite.cells]}, indent=1))
@@ -186,7 +205,7 @@ def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1,
         import multiprocessing
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_in_worker, cell, env): cell for cell in todo}
+            futures = {pool.submit(run_cell, cell, env): cell for cell in todo}
             for future in as_completed(futures):
                 finish(futures[future], future.result())
     bar.close()

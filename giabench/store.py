@@ -24,9 +24,10 @@ CELL_COLUMNS = {
     "bytes": "INTEGER", "attack_params": "TEXT", "defense_params": "TEXT", "model_params": "TEXT",
     "protocol_params": "TEXT", "selection": "TEXT", "threat_model": "TEXT", "lpips_source": "TEXT", "device": "TEXT",
     "versions": "TEXT", "config": "TEXT", "image": "TEXT", "finished_at": "TEXT", "status": "TEXT", "note": "TEXT",
-    "extra": "TEXT",
+    "extra": "TEXT", "hardware": "TEXT", "threads": "INTEGER", "dtype": "TEXT", "adjacency": "TEXT",
 }
-ADDED_COLUMNS = ("status", "note", "extra")  # added after the first release; older run folders gain them empty
+# added after the first release; older run folders gain them empty
+ADDED_COLUMNS = ("status", "note", "extra", "hardware", "threads", "dtype", "adjacency")
 IMAGE_COLUMNS = {
     "cell": "TEXT", "image": "INTEGER", "matched": "INTEGER", "label": "INTEGER", "label_pred": "INTEGER",
     "mse": "REAL", "psnr": "REAL", "ssim": "REAL", "lpips": "REAL",
@@ -64,6 +65,13 @@ class Store:
     def finished(self) -> set[str]:
         with self._connect() as db:
             return {row[0] for row in db.execute("SELECT cell FROM cells")}
+
+    def numerics(self) -> list[dict]:
+        """The distinct numerics settings (device, threads, dtype) of the stored cells; a cell stored before they were
+        recorded shows them as None."""
+        with self._connect() as db:
+            rows = db.execute("SELECT DISTINCT device, threads, dtype FROM cells ORDER BY 1, 2, 3").fetchall()
+        return [{"device": d, "threads": t, "dtype": k} for d, t, k in rows]
 
     def write(self, row: dict, images: list[dict]) -> None:
         """Insert one finished cell and its images atomically."""

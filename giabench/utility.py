@@ -7,7 +7,9 @@ and applies their mean:
     FedSGD:  w <- w - server_lr * mean_k u_k          FedAvg:  w <- w - mean_k u_k   (u_k = w - w_k)
 DIFF2 keeps its own server state (the running estimator v_r, restarted every T rounds, and x_r = x_{r-1} - lr v_r).
 The reference row is the same training without a defense. Test accuracy is the global model's on the held-out split
-(HyperFL: the mean over clients of their personalized models, each generated from its private embedding).
+(HyperFL: the mean over clients of their personalized models, each generated from its private embedding). Epsilon is
+composed over every release a client made in the whole run (all rounds, all local steps; every client takes part in
+every round, q = 1 at the client level), at the defense's delta and adjacency.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import pandas as pd
 import torch
 import yaml
 
-from giabench import data, models, protocols
+from giabench import data, models, numerics, protocols
 from giabench.defenses import diff2 as diff2_module
+from giabench.defenses.base import rdp_epsilon
 from giabench.errors import ConfigError
 from giabench.registry import defenses
 
 UTILITY_COLUMNS = ["defense", "defense_params", "dataset", "model", "protocol", "clients", "rounds", "batch",
-                   "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon", "delta", "seed"]
+                   "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon", "delta", "adjacency", "seed",
+                   "threads", "hardware"]
 
 
 @dataclass
@@ -115,13 +119,14 @@ def train(cfg: UtilityConfig, defense: dict) -> dict:
         return _hyperfl(cfg, factory, params, model, proto_name, proto_params, imageset, test, shards, gen)
     step = cfg.server_lr if proto_name == "fedsgd" else 1.0
     estimator, previous, bytes_up, cost = None, None, 0, {}
+    histories = [[] for _ in shards]  # every DP release each client made, over all rounds
     start = time.perf_counter()
     for r in range(cfg.rounds):
         protocol = protocols.build(proto_name, proto_params, model)
         current = {k: v.clone() for k, v in protocol.params.items()}
         round_params = {**params, "seed": params["seed"] * 100_003 + r} if "seed" in params else params  # fresh R_t
         messages = []
-        for shard in shards:
+        for shard, history in zip(shards, histories, strict=True):
             x, y = _draw(imageset, shard, cfg.batch, gen)
             if name == "diff2":
                 messages.append(_diff2_message(protocol, current, previous, r, x, y, round_params, gen))
@@ -129,7 +134,8 @@ def train(cfg: UtilityConfig, defense: dict) -> dict:
             client = factory(protocol, **round_params)
             message = client.share(x, y, gen)
             messages.append(client.decode(message))
-            cost = client.cost()  # once per client: DP costs run an accountant
+            history += client.releases
+            cost = client.cost()
             bytes_up += cost["bytes"]
         mean = {key: sum(m[key] for m in messages) / len(messages) for key in current}
         if name == "diff2":  # DIFF2-GD: the server steps along its estimator with server_lr whatever the protocol
@@ -142,6 +148,8 @@ def train(cfg: UtilityConfig, defense: dict) -> dict:
             mean = estimator
         previous = current
         _load(model, {key: current[key] - step * mean[key] for key in current})
+    if any(histories):  # epsilon composed over every round and local step, the worst client's
+        cost = {**cost, "epsilon": max(rdp_epsilon(h, cost["delta"], cost["adjacency"]) for h in histories)}
     return _row(cfg, name, params, accuracy(model, imageset, test), bytes_up, time.perf_counter() - start, cost)
 
 
@@ -150,7 +158,7 @@ def _row(cfg, name, params, acc, bytes_up, wall, cost) -> dict:
             "protocol": cfg.protocol["name"], "clients": cfg.clients, "rounds": cfg.rounds, "batch": cfg.batch,
             "accuracy": acc, "bytes_per_round": bytes_up / cfg.rounds,
             "wall_per_round_s": wall / cfg.rounds, "epsilon": cost.get("epsilon", math.inf),
-            "delta": cost.get("delta", 0.0), "seed": cfg.seed}
+            "delta": cost.get("delta", 0.0), "adjacency": cost.get("adjacency", ""), "seed": cfg.seed}
 
 
 def _draw(imageset, shard, batch, gen):
@@ -217,13 +225,16 @@ def _diff2_message(protocol, current, previous, r, x, y, params, gen):
     return diff2_module.difference_message(protocol, current, previous, x, y, params["clip2"], params["noise2"], gen)
 
 
-def run(cfg: UtilityConfig, out: str | Path, show_progress: bool = True) -> pd.DataFrame:
-    """Train under every defense of ``cfg`` (the undefended reference first) and write ``utility.csv``."""
+def run(cfg: UtilityConfig, out: str | Path, show_progress: bool = True, threads: int = 1) -> pd.DataFrame:
+    """Train under every defense of ``cfg`` (the undefended reference first), with ``threads`` CPU threads pinned
+    (``giabench.numerics``), and write ``utility.csv``."""
     from tqdm import tqdm
 
     settings = [{"name": "none"}] + [d for d in cfg.defenses if d != {"name": "none"}]
-    rows = [train(cfg, d) for d in tqdm(settings, desc="utility", unit="defense", disable=not show_progress)]
-    frame = pd.DataFrame(rows)
+    numerics.settings("cpu", threads)
+    with numerics.pinned("cpu", threads):
+        rows = [train(cfg, d) for d in tqdm(settings, desc="utility", unit="defense", disable=not show_progress)]
+    frame = pd.DataFrame(rows).assign(threads=threads, hardware=numerics.hardware("cpu"))
     frame["defense_params"] = frame["defense_params"].map(lambda p: json.dumps(p, sort_keys=True))  # as cells store
     Path(out).mkdir(parents=True, exist_ok=True)
     frame[UTILITY_COLUMNS].to_csv(Path(out) / "utility.csv", index=False, float_format="%.6g")

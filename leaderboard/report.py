@@ -90,14 +90,16 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
                             "note", "cell"],
                     extra=("originals / reconstructions", lambda row: _image(run_dir, row["image"])))
     labels = tables.label_track(frame)
-    label_html = _table(labels, ["attack", "attack_params", "defense", "model", "model_params", "batch_size",
-                                 "repeats", "label_acc", "label_set_acc", "cells"]) if len(labels) else "<p>none</p>"
+    label_html = _table(labels, ["attack", "attack_params", "defense", "defense_params", "dataset", "model",
+                                 "model_params", "batch_size", "repeats", "label_acc", "label_set_acc", "cells"]) \
+        if len(labels) else "<p>none</p>"
     source = html.escape(str(frame["lpips_source"].iloc[0])) if len(frame) else ""
     trade_html = ""
     if tradeoff is not None:
         plot = _image(run_dir, "privacy_utility.png", "privacy against utility").replace("<img", '<img class="plot"')
-        columns = ["defense", "defense_params", "dataset", "batch_size", "attack", "psnr", "ssim", "lpips", "accuracy",
-                   "bytes_per_round", "wall_per_round_s", "epsilon_training", "epsilon_release"]
+        columns = ["defense", "defense_params", "dataset", "model", "batch_size", "attack", "psnr", "ssim", "lpips",
+                   "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon_training", "delta_training",
+                   "adjacency_training", "epsilon_release"]
         trade_html = f"<h2>Privacy against utility (worst-case attack per defense setting)</h2>{plot}" \
                      f"{_table(tradeoff, columns)}"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -72,7 +72,8 @@ def label_track(frame: pd.DataFrame) -> pd.DataFrame:
     split by whether the batch repeated a label."""
     labelled = frame[frame["label_acc"].notna()].copy()
     labelled["repeats"] = labelled["distinct_labels"] < labelled["batch_size"]
-    keys = ["attack", "attack_params", "defense", "model", "model_params", "batch_size", "repeats"]
+    keys = ["attack", "attack_params", "defense", "defense_params", "dataset", "model", "model_params", "batch_size",
+            "repeats"]
     grouped = labelled.groupby(keys, sort=True)
     table = grouped[["label_acc", "label_set_acc"]].mean()
     table["cells"] = grouped.size()

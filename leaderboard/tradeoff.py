@@ -1,9 +1,11 @@
 """Privacy against utility: each defense setting's strongest attack beside its utility row.
 
-For every (defense setting, dataset, batch size) the attack with the highest mean PSNR over seeds is the privacy
-score (worst case over the attacks run); not-applicable cells do not count. It is joined on (defense,
-defense_params) with the rows of ``giabench utility`` (accuracy, uplink bytes and time per round, and the epsilon of
-that training run). The plot puts accuracy on x and the worst-case PSNR on y, one point per defense setting.
+For every (defense setting, dataset, model, batch size) the attack with the highest mean PSNR over seeds is the
+privacy score (worst case over the attacks run); not-applicable cells do not count. It is joined on (defense,
+defense_params, dataset, model) with the rows of ``giabench utility`` (accuracy, uplink bytes and time per round, and
+the epsilon of that training run, composed over all its rounds): a utility row measured on other data or another
+architecture says nothing about these cells, so they stay without accuracy. The plot puts accuracy on x and the
+worst-case PSNR on y, one point per defense setting.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pandas as pd
 from giabench.errors import GiabenchError
 from giabench.utility import UTILITY_COLUMNS
 
-GROUP = ["defense", "defense_params", "dataset", "batch_size"]
+GROUP = ["defense", "defense_params", "dataset", "model", "batch_size"]
+JOIN = ["defense", "defense_params", "dataset", "model"]
 
 
 def read_utility(path: str | Path) -> pd.DataFrame:
@@ -40,9 +43,10 @@ def table(cells: pd.DataFrame, utility: pd.DataFrame) -> pd.DataFrame:
         return per_attack
     best = per_attack.loc[per_attack.groupby(GROUP, dropna=False)["psnr"].idxmax()]
     best = best.rename(columns={"epsilon": "epsilon_release", "bytes": "bytes_attacked_model"})
-    util = utility[["defense", "defense_params", "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon"]]
-    util = util.rename(columns={"epsilon": "epsilon_training"})
-    return best.merge(util, on=["defense", "defense_params"], how="left").sort_values(GROUP).reset_index(drop=True)
+    util = utility[JOIN + ["accuracy", "bytes_per_round", "wall_per_round_s", "epsilon", "delta", "adjacency"]]
+    util = util.rename(columns={"epsilon": "epsilon_training", "delta": "delta_training",
+                                "adjacency": "adjacency_training"})
+    return best.merge(util, on=JOIN, how="left").sort_values(GROUP).reset_index(drop=True)
 
 
 def label(defense: str, params: str) -> str:
@@ -58,8 +62,8 @@ def plot(frame: pd.DataFrame, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 6))
-    for (dataset, batch), part in frame.dropna(subset=["accuracy"]).groupby(["dataset", "batch_size"]):
-        ax.scatter(part["accuracy"], part["psnr"], label=f"{dataset}, B={batch}")
+    for (dataset, model, batch), part in frame.dropna(subset=["accuracy"]).groupby(["dataset", "model", "batch_size"]):
+        ax.scatter(part["accuracy"], part["psnr"], label=f"{dataset}, {model}, B={batch}")
         for _, row in part.iterrows():
             ax.annotate(label(row["defense"], row["defense_params"]), (row["accuracy"], row["psnr"]), fontsize=6)
     ax.set_xlabel("test accuracy (giabench utility)")

@@ -1,6 +1,5 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -55,18 +54,58 @@ def test_dp_sgd_clips_every_sample_and_adds_calibrated_noise():
     assert residual.std().item() == pytest.approx(2.0 * clip / 4, rel=0.05)  # z C / B
 
 
-def test_dp_sgd_epsilon_matches_the_rdp_of_the_gaussian_mechanism():
-    """Independent check: without subsampling the Gaussian mechanism has RDP alpha T / (2 z^2); Opacus converts it
-    with eps = rdp + log((a-1)/a) - (log delta + log a)/(a-1) (Balle et al. 2020), minimized over its orders."""
-    from opacus.accountants.rdp import RDPAccountant
-
+def test_dp_sgd_epsilon_matches_the_rdp_of_the_gaussian_mechanism(gaussian_epsilon):
     client = _client("dp-sgd", noise_multiplier=1.3, delta=1e-5, rounds=10)
     x, y = data.sample(D, 1, seed=0)
     client.share(x, y, torch.Generator())
-    orders = np.array(RDPAccountant.DEFAULT_ALPHAS, dtype=float)
-    rdp = orders * 10 / (2 * 1.3 ** 2)
-    eps = rdp + np.log((orders - 1) / orders) - (np.log(1e-5) + np.log(orders)) / (orders - 1)
-    assert client.cost()["epsilon"] == pytest.approx(eps[orders > 1].min(), rel=1e-6)
+    assert client.cost()["epsilon"] == pytest.approx(gaussian_epsilon(1.3, 10, 1e-5), rel=1e-6)
+
+
+def test_dp_sgd_epsilon_composes_every_local_step_and_round(gaussian_epsilon):
+    client = _client("dp-sgd", "fedavg", noise_multiplier=1.0, rounds=3)  # 2 local steps on 4 images
+    assert client.cost()["epsilon"] == 0.0  # nothing released yet
+    x, y = data.sample(D, 4, seed=0)
+    client.share(x, y, torch.Generator())
+    assert client.cost()["epsilon"] == pytest.approx(gaussian_epsilon(1.0, 2 * 3, 1e-5), rel=1e-6)
+    client.share(x, y, torch.Generator())  # a second message: twice the releases
+    assert client.cost()["epsilon"] == pytest.approx(gaussian_epsilon(1.0, 4 * 3, 1e-5), rel=1e-6)
+
+
+def test_replace_one_adjacency_doubles_the_sensitivity(gaussian_epsilon):
+    x, y = data.sample(D, 1, seed=0)
+    costs = {}
+    for adjacency in ("add-remove", "replace-one"):
+        client = _client("dp-sgd", noise_multiplier=1.0, adjacency=adjacency)
+        client.share(x, y, torch.Generator())
+        costs[adjacency] = client.cost()
+        assert costs[adjacency]["adjacency"] == adjacency
+    assert costs["add-remove"]["epsilon"] == pytest.approx(4.73, abs=0.01)
+    assert costs["replace-one"]["epsilon"] == pytest.approx(gaussian_epsilon(0.5, 1, 1e-5), rel=1e-6)
+    assert costs["replace-one"]["epsilon"] == pytest.approx(10.73, abs=0.01)
+    with pytest.raises(ConfigError, match="replace-one"):
+        _client("dp-sgd", adjacency="replace-one", sample_rate=0.5)
+    with pytest.raises(ConfigError, match="adjacency must be one of"):
+        _client("dp-sgd", adjacency="swap")
+
+
+def test_dp_sgd_poisson_sampling_is_unbiased_and_amplifies():
+    """At q = 0.5 each message clips and sums a fresh Poisson sample and divides by q B: its mean over draws is the
+    clipped batch mean the attacker matches, and epsilon is the subsampled Gaussian's, below q = 1's."""
+    x, y = data.sample(D, 4, seed=0)
+    sampled = _client("dp-sgd", noise_multiplier=0.0, clip=1e-3, sample_rate=0.5)
+    w = sampled.protocol.model.classifier_weight
+    draws = torch.stack([sampled.share(x, y, torch.Generator().manual_seed(s))[w] for s in range(400)])
+    expected = sampled.simulate(x, y)[w]
+    assert not torch.allclose(draws[0], expected)  # one draw is not the full batch
+    assert (draws.mean(0) - expected).norm() < 0.1 * expected.norm()
+    from opacus.accountants import RDPAccountant
+
+    noisy = _client("dp-sgd", noise_multiplier=1.0, sample_rate=0.5)
+    noisy.share(x, y, torch.Generator())
+    accountant = RDPAccountant()
+    accountant.step(noise_multiplier=1.0, sample_rate=0.5)
+    assert noisy.cost()["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    assert noisy.cost()["epsilon"] < 4.7
 
 
 def test_gauss_noise_has_the_stated_scale():

@@ -1,3 +1,6 @@
+import json
+
+import pandas as pd
 import pytest
 
 from giabench import runner, suite
@@ -59,3 +62,13 @@ def test_regression_gate_ignores_float_noise_in_exact_reconstructions(run_dir):
     exact = frame.assign(psnr=160.0)
     assert regress.compare(exact.assign(psnr=140.0), exact) == []
     assert len(regress.compare(exact.assign(psnr=70.0), exact)) == len(frame)
+
+
+def test_label_track_keeps_defense_settings_apart():
+    row = {"attack": "idlg", "attack_params": "{}", "defense": "prune", "dataset": "d", "model": "m",
+           "model_params": "{}", "batch_size": 1, "distinct_labels": 1, "label_set_acc": 1.0}
+    frame = pd.DataFrame([{**row, "defense_params": json.dumps({"fraction": f}), "label_acc": acc}
+                          for f, acc in ((0.9, 1.0), (0.9, 1.0), (0.99, 0.0))])
+    track = tables.label_track(frame)
+    assert sorted(zip(track["defense_params"], track["label_acc"], track["cells"], strict=True)) == [
+        ('{"fraction": 0.99}', 0.0, 1), ('{"fraction": 0.9}', 1.0, 2)]

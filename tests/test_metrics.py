@@ -18,6 +18,26 @@ def test_perfect_reconstruction_in_any_order_scores_perfectly():
     assert [r["label_pred"] for r in rows] == Y.tolist()
 
 
+def test_a_recovered_image_keeps_its_target_whatever_the_unfilled_slots_hold():
+    """Two exact reconstructions and two unfilled slots: the minimum-total-MSE assignment over all four slots would
+    hand an exact image to the wrong target when the fill is closer to it; matching by the recovered mask does not."""
+    truth = torch.stack([torch.zeros(3, 4, 4), torch.full((3, 4, 4), 0.45), torch.ones(3, 4, 4),
+                         torch.full((3, 4, 4), 0.55)])
+    recon = torch.stack([truth[1], truth[2], torch.full((3, 4, 4), 0.5), torch.full((3, 4, 4), 0.5)])
+    recovered = torch.tensor([True, True, False, False])
+    summary, rows, order = metrics.score(recon, None, truth, Y, with_lpips=False, recovered=recovered)
+    assert order[1] == 0 and order[2] == 1 and summary["exact"] == 2
+    assert math.isinf(rows[1]["psnr"]) and math.isinf(rows[2]["psnr"])
+    hungarian = metrics.match(recon, truth)
+    assert metrics.score(recon, None, truth, Y, with_lpips=False)[0]["exact"] == 1 and hungarian[1] != 0
+
+
+def test_two_reconstructions_of_one_target_count_it_once():
+    recon = torch.stack([X[0], X[0] + 1e-4, torch.full_like(X[0], 0.5), torch.full_like(X[0], 0.5)])
+    summary, _, order = metrics.score(recon, None, X, Y, with_lpips=False, recovered=torch.tensor([1, 1, 0, 0]).bool())
+    assert order[0] == 0 and sorted(order.tolist()) == [0, 1, 2, 3] and summary["exact"] == 1
+
+
 def test_psnr_of_known_noise():
     noisy = (X + 0.1).clamp(0, 1)
     summary, rows, _ = metrics.score(noisy, None, X, Y, with_lpips=False)

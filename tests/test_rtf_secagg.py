@@ -12,9 +12,12 @@ D = data.load("cifar10-sample")
 
 
 def _rtf_round(batch, seed, bins=64, variant="cumulative", defense="none", dparams=None, protocol="fedsgd",
-               pparams=None):
+               pparams=None, brighten=None):
     index = data.sample_index(D, batch, seed)
     x, y = D.images[index], D.labels[index]
+    if brighten is not None:  # push one sample far above every cut-off: it is alone in the top bin
+        x = x.clone()
+        x[brighten] = (0.6 + 0.4 * x[brighten]).clamp(0, 1)
     attack = RobbingTheFed(bins=bins, variant=variant)
     model = attack.prepare(models.build("lenet", {}, D, "untrained", seed).eval(), D.shape, surrogate(D, index),
                            torch.Generator().manual_seed(seed))
@@ -22,10 +25,13 @@ def _rtf_round(batch, seed, bins=64, variant="cumulative", defense="none", dpara
     client = defenses.get(defense)(proto, **(dparams or {}))
     view = ServerView(model, proto, client.share(x, y, torch.Generator()), client.public, D.shape, 10, batch)
     recon = attack.reconstruct(view, client.simulate, torch.Generator())
-    summary, _, _ = metrics.score(recon.images, recon.labels, x, y, with_lpips=False)
+    summary, rows, _ = metrics.score(recon.images, recon.labels, x, y, with_lpips=False, recovered=recon.recovered)
     values = x.flatten(1) @ attack.query_vector
-    bins = torch.searchsorted(attack.cutoffs, values)  # bin i holds c_{i-1} < q <= c_i
+    bins = torch.searchsorted(attack.cutoffs, values)  # bin i holds c_{i-1} < q <= c_i; bin K: q > c_{K-1}
     singletons = int((torch.bincount(bins, minlength=bins.max() + 1) == 1)[bins].sum())
+    if brighten is not None:
+        assert bins[brighten] == bins.max() == attack.cutoffs.numel() and (bins == bins.max()).sum() == 1
+        return rows[brighten]["psnr"]
     return summary, singletons
 
 
@@ -33,6 +39,11 @@ def _rtf_round(batch, seed, bins=64, variant="cumulative", defense="none", dpara
 def test_rtf_recovers_exactly_every_sample_alone_in_its_bin(seed):
     summary, singletons = _rtf_round(8, seed)
     assert summary["exact"] == singletons >= 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rtf_recovers_a_sample_alone_in_the_top_cumulative_bin(seed):
+    assert _rtf_round(8, seed, brighten=3) > 40
 
 
 def test_rtf_sparse_variant_survives_local_steps():

@@ -51,15 +51,18 @@ def test_share_and_simulate_agree_without_randomness(noise):
     assert client.cost()["bytes"] == 4 * client.sketch.s
 
 
-def test_post_sketch_epsilon_matches_the_gaussian_mechanism_rdp_bound():
-    """One Gaussian release with noise multiplier z: RDP eps(a) = a / (2 z^2), converted as Opacus does
-    (Balle et al. 2020): eps = min_a eps(a) + log((a-1)/a) - (log delta + log a) / (a - 1)."""
+def test_post_sketch_epsilon_composes_its_gaussian_releases(gaussian_epsilon):
     z, delta = 2.0, 1e-5
-    eps = _client(noise="post", noise_multiplier=z, delta=delta).cost()["epsilon"]
-    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-    expected = min(a / (2 * z * z) + math.log((a - 1) / a) - (math.log(delta) + math.log(a)) / (a - 1)
-                   for a in orders)
-    assert math.isclose(eps, expected, rel_tol=1e-6)
+    client = _client(noise="post", noise_multiplier=z, delta=delta)
+    assert client.cost()["epsilon"] == 0.0  # nothing released yet
+    for seed in range(3):
+        client.share(D.images[:1], D.labels[:1], torch.Generator().manual_seed(seed))
+    cost = client.cost()
+    assert math.isclose(cost["epsilon"], gaussian_epsilon(z, 3, delta), rel_tol=1e-6)
+    assert cost["adjacency"] == "add-remove" and cost["delta"] == delta
+    replace = _client(noise="post", noise_multiplier=z, delta=delta, adjacency="replace-one")
+    replace.share(D.images[:1], D.labels[:1], torch.Generator())
+    assert math.isclose(replace.cost()["epsilon"], gaussian_epsilon(z / 2, 1, delta), rel_tol=1e-6)
 
 
 def test_secret_seed_makes_the_matched_attack_not_applicable():

@@ -59,15 +59,35 @@ def test_bad_utility_configs_are_named(tmp_path, text, message):
         utility.load_config(path)
 
 
+def test_utility_epsilon_composes_over_every_round(tmp_path, gaussian_epsilon):
+    path = tmp_path / "u.yaml"
+    path.write_text(CONFIG.split("defenses:")[0].replace("rounds: 2", "rounds: 3") + """defenses:
+  - {name: dp-sgd, noise_multiplier: 1.0}
+  - {name: dp-sgd, noise_multiplier: 1.0, adjacency: replace-one}
+  - {name: sketch, kind: srht, ratio: 0.1, noise: post, noise_multiplier: 2.0}
+""")
+    frame = utility.run(utility.load_config(path), tmp_path, show_progress=False)
+    eps = frame["epsilon"].tolist()
+    assert eps[1] == pytest.approx(gaussian_epsilon(1.0, 3, 1e-5), rel=1e-6)
+    assert eps[2] == pytest.approx(gaussian_epsilon(0.5, 3, 1e-5), rel=1e-6)
+    assert eps[3] == pytest.approx(gaussian_epsilon(2.0, 3, 1e-5), rel=1e-6)
+    assert frame["adjacency"].tolist()[1:] == ["add-remove", "replace-one", "add-remove"]
+    assert (frame["threads"] == 1).all()
+
+
 def test_tradeoff_takes_the_strongest_applicable_attack_per_defense_setting():
     cells = pd.DataFrame([
-        {"defense": "none", "defense_params": "{}", "dataset": "d", "batch_size": 1, "attack": a, "attack_params": "{}",
-         "psnr": p, "ssim": 0.1, "lpips": 0.5, "epsilon": float("inf"), "bytes": 10, "status": s}
+        {"defense": "none", "defense_params": "{}", "dataset": "d", "model": "m", "batch_size": 1, "attack": a,
+         "attack_params": "{}", "psnr": p, "ssim": 0.1, "lpips": 0.5, "epsilon": float("inf"), "bytes": 10,
+         "status": s}
         for a, p, s in [("ig", 20.0, "ok"), ("dlg", 12.0, "ok"), ("rgap", None, "not-applicable")]])
-    util = pd.DataFrame([{"defense": "none", "defense_params": "{}", "accuracy": 0.9, "bytes_per_round": 10,
-                          "wall_per_round_s": 1.0, "epsilon": float("inf")}])
+    util = pd.DataFrame([{"defense": "none", "defense_params": "{}", "dataset": d, "model": "m", "accuracy": acc,
+                          "bytes_per_round": 10, "wall_per_round_s": 1.0, "epsilon": float("inf"), "delta": 0.0,
+                          "adjacency": ""} for d, acc in (("d", 0.9), ("other", 0.5))])
     table = tradeoff.table(cells, util)
     assert len(table) == 1 and table.loc[0, "attack"] == "ig" and table.loc[0, "accuracy"] == 0.9
+    elsewhere = tradeoff.table(cells.assign(model="m2"), util)  # a utility row of another model does not join
+    assert len(elsewhere) == 1 and pd.isna(elsewhere.loc[0, "accuracy"])
 
 
 def test_a_utility_file_without_the_columns_is_refused_by_name(tmp_path):
