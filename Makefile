@@ -14,12 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/giabench run default
+	$(BIN)/giabench run default --workers 2
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
-	$(BIN)/giabench regress --suite smoke --baseline leaderboard/baselines/smoke.csv --quiet
+	$(BIN)/giabench regress --suite smoke --baseline leaderboard/baselines/smoke.csv --workers 2 --quiet
 
 baseline: $(VENV)/.installed
-	$(BIN)/giabench regress --suite smoke --baseline leaderboard/baselines/smoke.csv --update --quiet
+	$(BIN)/giabench regress --suite smoke --baseline leaderboard/baselines/smoke.csv --workers 2 --update --quiet

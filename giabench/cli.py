@@ -40,13 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("cell", help="a cell id (or a unique prefix of one)")
     show.add_argument("--runs", default="runs", help="folder of run folders to search (default: runs)")
 
-    regress = sub.add_parser("regress", help="run a suite and compare its attack metrics with a baseline CSV")
+    regress = sub.add_parser("regress", help="run a suite and judge it, setting by setting, against a baseline CSV "
+                                             "(attacks weaker, defenses leakier, costs changed)")
     regress.add_argument("--suite", default="smoke")
     regress.add_argument("--baseline", required=True)
     regress.add_argument("--out", help="run folder (default: a fresh temporary folder, so that nothing is reused)")
     regress.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
     regress.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    regress.add_argument("--update", action="store_true", help="write the run's table as the new baseline")
+    regress.add_argument("--update", action="store_true", help="write the run's per-setting summary as the baseline")
     regress.add_argument("--quiet", action="store_true")
     util = sub.add_parser("utility", help="short federated training under each defense of a utility YAML file: "
                                           "accuracy, uplink bytes and time per round, written to OUT/utility.csv")
@@ -186,8 +187,9 @@ def cmd_show(args) -> int:
     run_dir, row = matches[0]
     print(f"cell {row['cell']} in {run_dir}")
     print(json.dumps(json.loads(row["config"]), indent=2))
-    for key in ("psnr", "ssim", "lpips", "mse", "label_acc", "epsilon", "bytes", "iterations", "wall_s", "device",
-                "versions", "image", "status", "note", "extra"):
+    for key in ("psnr", "ssim", "lpips", "mse", "label_acc", "exact", "epsilon", "delta", "adjacency", "bytes",
+                "iterations", "wall_s", "device", "threads", "dtype", "hardware", "versions", "image", "status", "note",
+                "extra"):
         print(f"{key:10s} {row[key]}")
     return 0
 
@@ -198,19 +200,25 @@ def cmd_regress(args) -> int:
 
     loaded = suite.load(args.suite)
     baseline = None if args.update else regress.read_baseline(args.baseline)
+    env = runner.Environment(threads=args.threads)
+    _check_parallelism(env, args.workers)
     with tempfile.TemporaryDirectory(prefix="giabench-regress-") as scratch:
         out = Path(args.out or scratch)
-        runner.run_suite(loaded, out, runner.Environment(), show_progress=not args.quiet)
+        runner.run_suite(loaded, out, env, workers=args.workers, show_progress=not args.quiet)
         frame = tables.cells(out)
-    frame = frame[frame["cell"].isin([c.id for c in loaded.cells])]
+    summary = regress.summarize(frame[frame["cell"].isin([c.id for c in loaded.cells])])
     if args.update:
-        tables.write_csv(frame, args.baseline)
-        print(f"wrote baseline {args.baseline} ({len(frame)} cells)")
+        regress.check_baseline(summary)
+        regress.write_baseline(summary, args.baseline)
+        print(f"wrote baseline {args.baseline} ({len(summary)} settings, {int(summary['cells'].sum())} cells)")
         return 0
-    failures = regress.compare(frame, baseline)
+    failures, notes = regress.compare(summary, baseline)
+    for line in notes:
+        print(f"NOTE {line}")
     for line in failures:
         print(f"REGRESSION {line}")
-    print(f"regress: {len(baseline)} baseline cells, {len(failures)} regressions")
+    print(f"regress: {len(baseline)} baseline settings ({int(baseline['cells'].sum())} cells), "
+          f"{len(failures)} regressions")
     return 1 if failures else 0
 
 

@@ -265,11 +265,13 @@ def load_checkpoint(clf: Classifier, path: str) -> None:
 
 
 def _trained(clf: Classifier, name: str, params: dict, data, steps: int, seed: int) -> Classifier:
-    """``steps`` of SGD (lr 0.01, momentum 0.9, batch 32, seeded) on ``data``; cached by a hash of the recipe."""
-    from giabench import __version__
+    """``steps`` of SGD (lr 0.01, momentum 0.9, batch 32, seeded) on ``data``; cached by a hash of the recipe, which
+    includes the thread count and kernel path the weights were computed with (``giabench.numerics``)."""
+    from giabench import __version__, numerics
 
     recipe = {"arch": name, "params": params, "data": data.name, "n": len(data), "steps": steps, "seed": seed,
-              "version": __version__, "torch": torch.__version__}
+              "version": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "hardware": numerics.hardware("cpu")}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "models" / f"{name}-{key}.pt"
     if path.is_file():

@@ -15,7 +15,8 @@ from giabench.store import Store
 CSV_COLUMNS = ["attack", "defense", "dataset", "model", "protocol", "batch_size", "seed", "psnr", "ssim", "lpips",
                "label_acc", "iterations", "wall_s", "epsilon", "bytes", "cell", "attack_params", "defense_params",
                "model_params", "protocol_params", "selection", "threat_model", "label_set_acc", "distinct_labels",
-               "exact", "delta", "mse", "lpips_source", "device", "image", "status", "note"]
+               "exact", "delta", "adjacency", "mse", "lpips_source", "device", "threads", "dtype", "hardware", "image",
+               "status", "note"]
 SETTING = ["attack", "attack_params", "defense", "defense_params", "dataset", "model", "model_params", "protocol",
            "protocol_params", "batch_size", "threat_model"]
 METRICS = ["psnr", "ssim", "lpips", "label_acc", "label_set_acc"]

@@ -78,3 +78,13 @@ def test_run_writes_the_leaderboard_and_show_finds_the_cell(tmp_path):
     cell = (tmp_path / "r" / "leaderboard.csv").read_text().splitlines()[1].split(",")[15]
     shown = _run("show", cell[:8], "--runs", str(tmp_path))
     assert shown.returncode == 0 and '"name": "mlp"' in shown.stdout
+
+
+def test_threads_below_one_exits_2(tmp_path):
+    _assert_one_line_error(_run("run", "smoke", "--threads", "0", "--out", str(tmp_path / "r")), "--threads")
+
+
+def test_a_bad_model_init_is_named(tmp_path):
+    path = _suite(tmp_path, "defaults: {model: {name: convnet, width: 4, init: glorot}, attack: {name: ig, "
+                            "iterations: 1}}")
+    _assert_one_line_error(_run("run", path, "--out", str(tmp_path / "r"), "--quiet"), "init must be one of")

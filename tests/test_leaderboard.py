@@ -13,16 +13,16 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     loaded = suite.expand({"name": "t", "defaults": {"dataset": "mnist-sample", "model": {"name": "mlp", "width": 16},
                                                      "attack": {"name": "ig", "iterations": 20, "tv": 0.0}},
-                           "grid": {"defense": ["none", {"name": "dp-sgd"}], "seed": [0, 1]}})
+                           "grid": {"defense": ["none", {"name": "dp-sgd"}], "seed": [0, 1, 2]}})
     runner.run_suite(loaded, out, runner.Environment(), show_progress=False)
     return out
 
 
 def test_csv_has_one_row_per_cell_with_the_public_columns(run_dir):
     frame = tables.cells(run_dir)
-    assert len(frame) == 4 and list(frame.columns[:16]) == tables.CSV_COLUMNS[:16]
+    assert len(frame) == 6 and list(frame.columns[:16]) == tables.CSV_COLUMNS[:16]
     ranking = tables.ranking(frame)
-    assert list(ranking["defense"]) == ["none", "dp-sgd"] and list(ranking["cells"]) == [2, 2]
+    assert list(ranking["defense"]) == ["none", "dp-sgd"] and list(ranking["cells"]) == [3, 3]
     assert ranking["epsilon"].iloc[1] < float("inf")
 
 
@@ -33,35 +33,61 @@ def test_html_report_escapes_and_embeds_images(run_dir, tmp_path):
     report.write(frame, run_dir, tmp_path / "r.html", title="<b>t</b>")
     page = (tmp_path / "r.html").read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page and "&lt;b&gt;t&lt;/b&gt;" in page
-    assert page.count("data:image/png;base64,") == 3  # the path outside the run folder is not read
+    assert page.count("data:image/png;base64,") == 5  # the path outside the run folder is not read
 
 
-def test_regression_gate_flags_weaker_attacks(run_dir):
-    frame = tables.cells(run_dir)
-    assert regress.compare(frame, frame) == []
-    stronger_baseline = frame.assign(psnr=frame["psnr"] + 1.5)
-    failures = regress.compare(frame, stronger_baseline)
-    assert len(failures) == 4 and all("psnr" in f for f in failures)
-    assert regress.compare(frame, frame.assign(psnr=frame["psnr"] + 0.5)) == []
-    labels = regress.compare(frame.assign(label_acc=0.5), frame)
-    assert len(labels) == 4 and all("label_acc" in f for f in labels)
-    assert regress.compare(frame.iloc[1:], frame)[0].startswith("missing cell")
+def test_gate_summarizes_each_setting_over_its_seeds(run_dir):
+    summary = regress.summarize(tables.cells(run_dir))
+    assert list(summary["defense"]) == ["none", "dp-sgd"] and list(summary["cells"]) == [3, 3]
+    assert set(summary["judge"]) == {"aggregate"} and (summary["psnr_n"] == 3).all()
+    assert (summary["psnr_mean"] <= 40).all()  # aggregate PSNR enters clipped at the exact-recovery threshold
+    tol = summary["psnr_tol"]
+    assert (tol >= regress.FLOOR["psnr"]).all() and (tol >= regress.K * summary["psnr_std"] / 3 ** 0.5 - 1e-9).all()
+    assert (summary["label_acc_tol"] == 0).all()  # known labels: exact
+    assert summary.loc[1, "epsilon"] < float("inf") and summary.loc[1, "adjacency"] == "add-remove"
+    regress.check_baseline(summary)
+    with pytest.raises(GiabenchError, match=">= 3 seeds"):
+        regress.check_baseline(summary.assign(cells=2))
+
+
+def test_gate_flags_weaker_attacks_leakier_defenses_and_changed_costs(run_dir):
+    summary = regress.summarize(tables.cells(run_dir))
+    assert regress.compare(summary, summary) == ([], [])
+    higher = summary.assign(psnr_mean=summary["psnr_mean"] + summary["psnr_tol"] + 0.01)
+    failures, _ = regress.compare(summary, higher)
+    assert len(failures) == 2 and all(f.startswith("weaker: ig") and "psnr" in f for f in failures)
+    failures, notes = regress.compare(higher, summary)
+    assert failures == [next(f for f in failures if "privacy regression: defense dp-sgd leaks more" in f)]
+    assert len(notes) == 1 and notes[0].startswith("stronger: ig")
+    within = summary.assign(psnr_mean=summary["psnr_mean"] - 0.9 * summary["psnr_tol"])
+    assert regress.compare(within, summary) == ([], [])
+    labels = regress.compare(summary.assign(label_acc_mean=0.5), summary)[0]
+    assert len(labels) == 2 and all("label_acc" in f for f in labels)
+    costly = summary.assign(epsilon=summary["epsilon"] * 1.01, bytes=summary["bytes"] + 4)
+    changed = regress.compare(costly, summary)[0]
+    assert sum("epsilon" in f for f in changed) == 1 and sum("bytes" in f for f in changed) == 2
+    assert regress.compare(summary.iloc[1:], summary)[0] == [f"missing setting: {regress._name(summary.iloc[0])}"]
+    assert regress.compare(summary.iloc[1:], summary, partial=True) == ([], [])
+    assert regress.compare(summary, summary.iloc[1:])[0][0].startswith("new setting not in the baseline")
+    assert "cells" in regress.compare(summary.assign(cells=4), summary)[0][0]
 
 
 def test_baseline_round_trips_through_csv(run_dir, tmp_path):
-    frame = tables.cells(run_dir)
-    tables.write_csv(frame, tmp_path / "b.csv")
-    assert regress.compare(frame, regress.read_baseline(tmp_path / "b.csv")) == []
+    summary = regress.summarize(tables.cells(run_dir))
+    regress.write_baseline(summary, tmp_path / "b.csv")
+    assert regress.compare(summary, regress.read_baseline(tmp_path / "b.csv")) == ([], [])
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(GiabenchError, match="missing column 'attack'"):
         regress.read_baseline(tmp_path / "bad.csv")
 
 
-def test_regression_gate_ignores_float_noise_in_exact_reconstructions(run_dir):
-    frame = tables.cells(run_dir)
-    exact = frame.assign(psnr=160.0)
-    assert regress.compare(exact.assign(psnr=140.0), exact) == []
-    assert len(regress.compare(exact.assign(psnr=70.0), exact)) == len(frame)
+def test_exact_settings_compare_tightly_in_both_directions(run_dir):
+    summary = regress.summarize(tables.cells(run_dir)).assign(judge="exact", attack="fc-invert")
+    summary = summary.assign(psnr_tol=regress.EXACT_TOLERANCE["psnr"], exact_mean=1.0, exact_tol=0.0)
+    more = regress.compare(summary.assign(exact_mean=2.0), summary)[0]
+    assert any(f.startswith("changed: fc-invert") and "exact" in f for f in more)
+    assert any(f.startswith("weaker: fc-invert") for f in regress.compare(summary.assign(exact_mean=0.0), summary)[0])
+    assert regress.compare(summary.assign(psnr_mean=summary["psnr_mean"] + 0.01), summary) == ([], [])
 
 
 def test_label_track_keeps_defense_settings_apart():

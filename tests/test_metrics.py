@@ -13,7 +13,7 @@ Y = torch.tensor([3, 8, 8, 0])
 def test_perfect_reconstruction_in_any_order_scores_perfectly():
     summary, rows, order = metrics.score(X.flip(0), Y.flip(0), X, Y)
     assert order.tolist() == [3, 2, 1, 0]
-    assert math.isinf(summary["psnr"]) and summary["ssim"] == pytest.approx(1.0)
+    assert summary["psnr"] == metrics.PSNR_CEILING and summary["ssim"] == pytest.approx(1.0)
     assert summary["lpips"] == pytest.approx(0.0, abs=1e-6) and summary["label_acc"] == 1.0
     assert [r["label_pred"] for r in rows] == Y.tolist()
 
@@ -27,7 +27,7 @@ def test_a_recovered_image_keeps_its_target_whatever_the_unfilled_slots_hold():
     recovered = torch.tensor([True, True, False, False])
     summary, rows, order = metrics.score(recon, None, truth, Y, with_lpips=False, recovered=recovered)
     assert order[1] == 0 and order[2] == 1 and summary["exact"] == 2
-    assert math.isinf(rows[1]["psnr"]) and math.isinf(rows[2]["psnr"])
+    assert rows[1]["psnr"] == rows[2]["psnr"] == metrics.PSNR_CEILING
     hungarian = metrics.match(recon, truth)
     assert metrics.score(recon, None, truth, Y, with_lpips=False)[0]["exact"] == 1 and hungarian[1] != 0
 
@@ -36,6 +36,10 @@ def test_two_reconstructions_of_one_target_count_it_once():
     recon = torch.stack([X[0], X[0] + 1e-4, torch.full_like(X[0], 0.5), torch.full_like(X[0], 0.5)])
     summary, _, order = metrics.score(recon, None, X, Y, with_lpips=False, recovered=torch.tensor([1, 1, 0, 0]).bool())
     assert order[0] == 0 and sorted(order.tolist()) == [0, 1, 2, 3] and summary["exact"] == 1
+
+
+def test_psnr_is_capped_where_float_rounding_starts():
+    assert metrics.psnr(0.0) == metrics.psnr(1e-12) == 80.0 and metrics.psnr(1e-4) == pytest.approx(40.0)
 
 
 def test_psnr_of_known_noise():

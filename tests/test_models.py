@@ -71,3 +71,22 @@ def test_checkpoint_with_code_is_refused(tmp_path):
 def test_bad_state_names_the_forms():
     with pytest.raises(ConfigError, match="untrained, trained:N or checkpoint:PATH"):
         models.build("lenet", {}, MNIST, "pretrained", seed=0)
+
+
+def test_each_model_defaults_to_its_papers_init_and_others_are_options():
+    def conv(net):
+        return next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 3)
+
+    default = models.build("convnet", {"width": 16}, CIFAR, "untrained", seed=0)
+    he = models.build("convnet", {"width": 16, "init": "he"}, CIFAR, "untrained", seed=0)
+    w, fan_in = conv(default).weight, conv(default).weight[0].numel()
+    assert w.abs().max() <= 1 / fan_in ** 0.5 + 1e-6  # PyTorch's Kaiming-uniform with a = sqrt(5), as IG's code
+    fan_out = conv(he).out_channels * 9
+    assert conv(he).weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+    lenet = models.build("lenet", {}, CIFAR, "untrained", seed=0)
+    flat = torch.cat([p.detach().flatten() for p in lenet.parameters()]).abs()
+    assert 0.49 < flat.max() <= 0.5 and float(flat.mean()) == pytest.approx(0.25, abs=0.01)  # DLG's U(-0.5, 0.5)
+    resnet = models.build("resnet18", {}, CIFAR, "untrained", seed=0).net
+    assert resnet.conv1.weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.15)  # torchvision's He
+    with pytest.raises(ConfigError, match="init must be one of"):
+        models.build("mlp", {"init": "glorot"}, CIFAR, "untrained", seed=0)

@@ -83,3 +83,33 @@ def test_store_refuses_a_foreign_database(tmp_path):
         Store(tmp_path)
     with pytest.raises(GiabenchError, match="no results.sqlite"):
         Store(tmp_path / "elsewhere", create=False)
+
+
+NUMERICS = {"defaults": {"dataset": "mnist-sample", "model": {"name": "lenet"}, "attack": {"name": "idlg",
+                                                                                         "iterations": 30}},
+            "grid": {"seed": [0, 1]}}
+
+
+def test_each_row_records_its_numerics_and_a_resume_under_others_is_refused(tmp_path):
+    import torch
+
+    torch.set_num_threads(2)
+    loaded = suite.expand(NUMERICS)
+    store = runner.run_suite(loaded, tmp_path, runner.Environment(threads=1), show_progress=False)
+    assert torch.get_num_threads() == 2  # the cell's pinned setting is undone afterwards
+    frame = store.cells()
+    assert (frame["threads"] == 1).all() and (frame["dtype"] == "float32").all() and (frame["device"] == "cpu").all()
+    assert frame["hardware"].str.contains(r"\[", regex=True).all()  # CPU model and kernel path
+    with pytest.raises(GiabenchError, match="threads=1.*threads=2"):
+        runner.run_suite(loaded, tmp_path, runner.Environment(threads=2), show_progress=False)
+    runner.run_suite(loaded, tmp_path, runner.Environment(threads=1), show_progress=False)  # same settings resume
+
+
+def test_worker_processes_reproduce_the_in_process_numbers_exactly(tmp_path):
+    loaded = suite.expand(NUMERICS)
+    inline = runner.run_suite(loaded, tmp_path / "inline", runner.Environment(), show_progress=False).cells()
+    pooled = runner.run_suite(loaded, tmp_path / "pool", runner.Environment(), workers=2, show_progress=False).cells()
+    merged = inline.merge(pooled, on="cell", suffixes=("", "_pool"))
+    assert len(merged) == 2
+    for metric in ("psnr", "ssim", "lpips", "mse"):
+        assert (merged[metric] == merged[f"{metric}_pool"]).all()

@@ -30,7 +30,8 @@ def test_grid_is_a_cartesian_product_with_defaults_filled(tmp_path):
     assert len(loaded.cells) == 6
     cell = loaded.cells[0].config
     assert cell["attack"] == {"name": "ig", "iterations": 5, "lr": 0.1, "tv": 1e-4, "restarts": 1, "labels": "known"}
-    assert cell["model"] == {"name": "mlp", "state": "untrained", "mode": "eval", "width": 8, "depth": 1}
+    assert cell["model"] == {"name": "mlp", "state": "untrained", "mode": "eval", "width": 8, "depth": 1,
+                            "init": "pytorch"}
 
 
 def test_grid_entry_without_name_updates_the_default(tmp_path):

@@ -1,0 +1,88 @@
+"""The regression gate catches real regressions: each mutation below, applied to the code, makes the gate fail on the
+committed smoke baseline, and the same settings pass unmutated."""
+
+import functools
+from importlib import resources
+
+import pytest
+import torch
+
+from giabench import runner, suite
+from giabench.attacks.analytic import RobbingTheFed
+from giabench.attacks.optimization import InvertingGradients
+from giabench.defenses import dp_sgd
+from giabench.leaderboard import regress, tables
+
+SMOKE = suite.load("smoke")
+BASELINE = regress.read_baseline(resources.files("giabench.leaderboard") / "baselines" / "smoke.csv")
+
+
+def _gate(tmp_path, keep) -> tuple[list[str], list[str]]:
+    """Run the smoke cells that ``keep`` selects and judge them against their baseline settings."""
+    cells = [c for c in SMOKE.cells if keep(c.config)]
+    assert cells
+    runner.run_suite(suite.Suite("mutation", "", cells, "smoke"), tmp_path, runner.Environment(),
+                     show_progress=False)
+    return regress.compare(regress.summarize(tables.cells(tmp_path)), BASELINE, partial=True)
+
+
+def _ig_undefended(c):
+    return (c["attack"]["name"] == "ig" and c["defense"]["name"] == "none" and c["protocol"]["name"] == "fedsgd"
+            and c["model"]["name"] in ("mlp", "convnet"))
+
+
+def _rtf(c):
+    return c["attack"]["name"] == "rtf"
+
+
+def _dp_sgd(c):
+    return c["defense"]["name"] == "dp-sgd"
+
+
+def test_the_mutated_settings_pass_unmutated(tmp_path):
+    failures, _ = _gate(tmp_path, lambda c: _ig_undefended(c) or _rtf(c) or _dp_sgd(c))
+    assert failures == []
+
+
+def test_gate_fails_when_ig_learning_rate_drops_tenfold(tmp_path, monkeypatch):
+    original = InvertingGradients.__init__
+
+    @functools.wraps(original)
+    def slower(self, **params):
+        original(self, **params)
+        self.lr *= 0.1
+
+    monkeypatch.setattr(InvertingGradients, "__init__", slower)
+    failures, _ = _gate(tmp_path, _ig_undefended)
+    assert any(line.startswith("weaker: ig") and "psnr" in line for line in failures), failures
+
+
+def test_gate_fails_when_rtf_cutoffs_shift_by_one_standard_deviation(tmp_path, monkeypatch):
+    original = RobbingTheFed.bin_edges
+
+    def shifted(self, values):
+        cutoffs, widths = original(self, values)
+        return cutoffs + values.std(), widths
+
+    monkeypatch.setattr(RobbingTheFed, "bin_edges", shifted)
+    failures, _ = _gate(tmp_path, _rtf)
+    assert any(line.startswith(("weaker: rtf", "changed: rtf")) and "exact" in line for line in failures), failures
+
+
+def test_gate_fails_naming_dp_sgd_when_its_noise_is_dropped(tmp_path, monkeypatch):
+    monkeypatch.setattr(dp_sgd, "gaussian_like", lambda tensor, std, generator: torch.zeros_like(tensor))
+    failures, _ = _gate(tmp_path, _dp_sgd)
+    leaks = [line for line in failures if line.startswith("privacy regression: defense dp-sgd leaks more")]
+    assert leaks == failures
+    psnr = [line for line in leaks if ": psnr " in line]
+    assert sorted(line.split("leaks more: ")[1].split(" ")[0] for line in psnr) == ["idlg", "ig"], failures
+
+
+@pytest.mark.parametrize("metric", ["psnr", "ssim"])
+def test_a_defended_setting_that_leaks_more_fails_and_an_undefended_one_is_a_note(metric):
+    defended = BASELINE[(BASELINE["defense"] == "dp-sgd") & (BASELINE["attack"] == "ig")]
+    undefended = BASELINE[(BASELINE["defense"] == "none") & (BASELINE["attack"] == "ig")].head(1)
+    for frame, expect_failure in ((defended, True), (undefended, False)):
+        leakier = frame.assign(**{f"{metric}_mean": frame[f"{metric}_mean"] + 2 * frame[f"{metric}_tol"] + 1e-3})
+        failures, notes = regress.compare(leakier, frame)
+        assert bool(failures) == expect_failure and bool(notes) != expect_failure
