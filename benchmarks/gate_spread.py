@@ -10,7 +10,8 @@ Runs a suite (default: smoke) once per numerics variant, each in its own process
 Then it summarizes each run per setting (``giabench.leaderboard.regress.summarize``) and prints, per variant:
 whether every cell is identical to the reference, the gate's verdict on it against the reference summary, and for the
 aggregate (chaotic) settings the largest |mean difference| per metric and the largest |difference| / (s / sqrt(n)),
-the factor K the tolerance must exceed.
+the factor K the tolerance must exceed, the largest difference of the exact settings, and over all settings the
+largest |difference| / tolerance (the gate fails above 1).
 
     .venv/bin/python benchmarks/gate_spread.py [--suite smoke] [--out runs/gate-spread] [--variants ...]
 """
@@ -63,11 +64,14 @@ def spread(reference: pd.DataFrame, variant: pd.DataFrame) -> pd.DataFrame:
         scale = (merged[f"{metric}_std_ref"] / merged[f"{metric}_n_ref"].clip(lower=1) ** 0.5)[chaotic]
         z = (diff / scale.where(scale > 0)).dropna()
         exact_diff = (now - ref).abs()[~chaotic & ref.notna()]
+        tol = merged[f"{metric}_tol_ref"]
+        of_tol = ((now - ref).abs() / tol.where(tol > 0))[ref.notna()].dropna()
         rows.append({"metric": metric, "aggregate_settings": int(chaotic.sum()),
                      "max_mean_diff": diff.max() if len(diff) else math.nan,
                      "max_diff_over_se": z.max() if len(z) else math.nan,
                      "exact_settings": len(exact_diff),
-                     "exact_max_diff": exact_diff.max() if len(exact_diff) else math.nan})
+                     "exact_max_diff": exact_diff.max() if len(exact_diff) else math.nan,
+                     "max_diff_over_tolerance": of_tol.max() if len(of_tol) else math.nan})
     return pd.DataFrame(rows)
 
 

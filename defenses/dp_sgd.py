@@ -10,7 +10,9 @@ the protocol, not the fresh sample or noise, and matches the expectation, the no
 Privacy: every local step is one subsampled Gaussian release (z, q). Epsilon at ``delta`` is Opacus' RDP accountant
 composed over every step of every share() and over the ``rounds`` rounds the client declares it takes part in, for
 the stated ``adjacency`` (add-remove; replace-one halves z and needs q = 1). Counting every local step as a release
-of every record is exact for full-batch steps and an upper bound with minibatches.
+of every record is exact for full-batch steps (FedSGD, FedAvg with batch_size 0); with FedAvg minibatches a record
+enters one step per epoch, and the count bounds that as long as the split into minibatches does not depend on the
+other records (replace-one adjacency; under add-remove, a fixed position of each record).
 """
 
 from __future__ import annotations

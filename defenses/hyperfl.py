@@ -156,4 +156,3 @@ class HyperFL(Client):
 
     def numel(self) -> int:
         return sum(t.numel() for t in self.phi.values())
-
