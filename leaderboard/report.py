@@ -84,7 +84,7 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     rank.insert(0, "rank", rank.index)
     summary = _table(rank, ["rank", "attack", "attack_params", "defense", "defense_params", "dataset", "model",
                             "protocol", "batch_size", "threat_model", "psnr", "ssim", "lpips", "iterations", "exact",
-                            "label_acc", "epsilon", "bytes", "cells"])
+                            "label_acc", "epsilon", "delta", "adjacency", "bytes", "cells"])
     detail = _table(frame, ["attack", "defense", "defense_params", "dataset", "model", "protocol", "batch_size",
                             "seed", "psnr", "ssim", "lpips", "iterations", "label_acc", "wall_s", "epsilon", "status",
                             "note", "cell"],
@@ -107,7 +107,8 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
 <h1>{html.escape(title)}</h1>
 <p>{len(frame)} cells. PSNR and SSIM: higher means more leakage; LPIPS-alex: lower means more leakage
 ({source}). A cell whose attack's preconditions fail is "not-applicable" (the note says why), never a
-privacy score. Epsilon is inf for defenses without a DP guarantee. Click a header to sort.</p>
+privacy score. Epsilon is composed over everything the client released, at the delta and adjacency beside it
+(add-remove or replace-one of a record); inf for defenses without a DP guarantee. Click a header to sort.</p>
 <h2>Ranking (mean over seeds)</h2>{summary}
 {trade_html}
 <h2>Label inference (label_acc: label counts; label_set_acc: which classes are present)</h2>{label_html}

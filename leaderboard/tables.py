@@ -31,7 +31,8 @@ def cells(run_dir: str | Path) -> pd.DataFrame:
 def ranking(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean metrics per setting over seeds, most leakage (highest PSNR) first."""
     grouped = frame.groupby(SETTING, dropna=False, sort=False)
-    table = grouped[METRICS + ["exact", "iterations", "wall_s", "epsilon", "bytes"]].mean()
+    table = grouped[METRICS + ["exact", "iterations", "wall_s", "epsilon", "delta", "bytes"]].mean()
+    table["adjacency"] = grouped["adjacency"].first()
     table["cells"] = grouped.size()
     table["not_applicable"] = grouped["status"].agg(lambda s: int((s == "not-applicable").sum()))
     table = table.reset_index().sort_values("psnr", ascending=False, kind="stable").reset_index(drop=True)
@@ -63,6 +64,8 @@ def terminal(table: pd.DataFrame) -> str:
         "label": table["label_acc"].map("{:.2f}".format),
         "exact": table["exact"].map(lambda e: "" if pd.isna(e) else f"{e:.1f}"),
         "eps": table["epsilon"].map(lambda e: "inf" if e is None or math.isnan(e) or math.isinf(e) else f"{e:.2f}"),
+        "delta": table["delta"].map(lambda d: f"{d:g}" if d else ""),
+        "adjacency": table["adjacency"].fillna(""),
         "cells": table["cells"],
     })
     return view.to_string()
