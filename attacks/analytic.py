@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from giabench import checks
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import UNFILLED, Attack, Reconstruction
 from giabench.errors import ConfigError, NotApplicable
@@ -158,11 +159,12 @@ class RobbingTheFed(Attack):
 
     def __init__(self, *, bins: int = 64, query: str = "avg", variant: str = "cumulative", gain: float = 1.0,
                  mode: int = 1, labels: str = "inferred:llg"):
-        if bins < 2 or gain <= 0 or query not in ("avg", "fourier", "random") or variant not in ("cumulative",
-                                                                                              "sparse"):
-            raise ConfigError("attack rtf: bins >= 2, gain > 0, query avg|fourier|random, variant cumulative|sparse")
-        if not labels.startswith("inferred"):
-            raise ConfigError("attack rtf: labels must be inferred[:METHOD] (the attack needs no labels)")
+        checks.at_least("attack rtf", 2, bins=bins)
+        checks.positive("attack rtf", gain=gain)
+        checks.one_of("attack rtf", "query", query, ("avg", "fourier", "random"))
+        checks.one_of("attack rtf", "variant", variant, ("cumulative", "sparse"))
+        checks.require("attack rtf", "labels", labels, labels.startswith("inferred"),
+                       "inferred[:METHOD] (the attack needs no labels)")
         self.bins, self.query, self.variant, self.gain, self.mode = bins, query, variant, gain, mode
         self.labels = labels
 

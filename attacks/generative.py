@@ -26,6 +26,7 @@ import math
 import numpy as np
 import torch
 
+from giabench import checks
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import Attack, Reconstruction
 from giabench.attacks.optimization import cosine_distance, total_variation
@@ -71,8 +72,8 @@ class GenerativeAttack(Attack):
     assumes = "a generator trained on the client's kind of images (threat model D); labels known or inferred"
 
     def __init__(self, generator: str, labels: str, tv: float, restarts: int):
-        if tv < 0 or restarts < 1:
-            raise ConfigError(f"attack {self.registered_name}: tv >= 0 and restarts >= 1")
+        checks.at_least(f"attack {self.registered_name}", 0, tv=tv)
+        checks.at_least(f"attack {self.registered_name}", 1, restarts=restarts)
         label_methods.check(labels)
         from giabench.attacks.generators import BIGGAN, SHIPPED
 
@@ -110,8 +111,9 @@ class GIAS(GenerativeAttack):
                  lr: float = 0.03, finetune_lr: float = 1e-4, tv: float = 1e-4, restarts: int = 1,
                  labels: str = "known"):
         super().__init__(generator, labels, tv, restarts)
-        if latent_iterations < 1 or finetune_iterations < 0 or lr <= 0 or finetune_lr <= 0:
-            raise ConfigError("attack gias: latent_iterations >= 1, finetune_iterations >= 0, lr > 0, finetune_lr > 0")
+        checks.at_least("attack gias", 1, latent_iterations=latent_iterations)
+        checks.at_least("attack gias", 0, finetune_iterations=finetune_iterations)
+        checks.positive("attack gias", lr=lr, finetune_lr=finetune_lr)
         self.latent_iterations, self.finetune_iterations = latent_iterations, finetune_iterations
         self.lr, self.finetune_lr = lr, finetune_lr
 
@@ -149,8 +151,10 @@ class GGL(GenerativeAttack):
     def __init__(self, *, generator: str = "dcgan-mnist", budget: int = 1000, population: int = 20,
                  sigma: float = 0.5, kl: float = 0.1, tv: float = 0.0, restarts: int = 1, labels: str = "known"):
         super().__init__(generator, labels, tv, restarts)
-        if budget < population or population < 2 or sigma <= 0 or kl < 0:
-            raise ConfigError("attack ggl: budget >= population >= 2, sigma > 0 and kl >= 0")
+        checks.at_least("attack ggl", 2, population=population)
+        checks.at_least("attack ggl", population, budget=budget)
+        checks.positive("attack ggl", sigma=sigma)
+        checks.at_least("attack ggl", 0, kl=kl)
         self.budget, self.population, self.sigma, self.kl = budget, population, sigma, kl
 
     def planned_budget(self):
@@ -196,11 +200,12 @@ class GIFD(GenerativeAttack):
                  radii: list | None = None, l1_ratio: float = 0.05, end_stage: int = -1, kl: float = 0.0,
                  tv: float = 1e-4, restarts: int = 1, labels: str = "known"):
         super().__init__(generator, labels, tv, restarts)
-        if iterations < 1 or lr <= 0 or l1_ratio <= 0 or kl < 0:
-            raise ConfigError("attack gifd: iterations >= 1, lr > 0, l1_ratio > 0 and kl >= 0")
-        if radii is not None and (not isinstance(radii, list) or not all(
-                isinstance(r, (int, float)) and r > 0 for r in radii)):
-            raise ConfigError("attack gifd: radii must be a list of positive numbers, one per feature stage")
+        checks.at_least("attack gifd", 1, iterations=iterations)
+        checks.positive("attack gifd", lr=lr, l1_ratio=l1_ratio)
+        checks.at_least("attack gifd", 0, kl=kl)
+        checks.require("attack gifd", "radii", radii, radii is None or (isinstance(radii, list) and all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < math.inf for r in radii)),
+            "a list of positive numbers, one per feature stage")
         self.iterations, self.lr, self.radii, self.l1_ratio = iterations, lr, radii, l1_ratio
         self.end_stage, self.kl = end_stage, kl
 

@@ -26,9 +26,10 @@ import math
 import torch
 from torch.func import functional_call
 
+from giabench import checks
 from giabench.attacks.base import Attack, Reconstruction
 from giabench.attacks.optimization import cosine_distance, initial_images, signed_adam, total_variation
-from giabench.errors import ConfigError, NotApplicable
+from giabench.errors import NotApplicable
 from giabench.registry import attack
 
 
@@ -79,8 +80,9 @@ class HyperFLInvert(Attack):
     assumes = "the HyperFL mechanism and its public hypernetwork; image priors; no labels, no head"
 
     def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1):
-        if iterations < 1 or lr <= 0 or tv < 0 or restarts < 1:
-            raise ConfigError("attack hyperfl-invert: iterations >= 1, lr > 0, tv >= 0 and restarts >= 1")
+        checks.at_least("attack hyperfl-invert", 1, iterations=iterations, restarts=restarts)
+        checks.positive("attack hyperfl-invert", lr=lr)
+        checks.at_least("attack hyperfl-invert", 0, tv=tv)
         self.iterations, self.lr, self.tv, self.restarts = iterations, lr, tv, restarts
 
     def reconstruct(self, view, simulate, generator, progress=None):

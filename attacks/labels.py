@@ -172,7 +172,7 @@ def check(mode: str, allowed: tuple[str, ...] = ()) -> None:
         parse(mode)
         return
     raise ConfigError(f"labels must be one of known, inferred[:METHOD]{''.join(', ' + a for a in allowed)}; "
-                      f"got {mode!r}")
+                      f"got {mode!r}", field="labels")
 
 
 def resolve(mode: str, view, simulate) -> torch.Tensor | None:

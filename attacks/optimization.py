@@ -10,9 +10,9 @@ import math
 
 import torch
 
+from giabench import checks
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import Attack, Reconstruction
-from giabench.errors import ConfigError
 from giabench.registry import attack
 
 
@@ -51,8 +51,8 @@ class DLG(Attack):
     assumes = "no prior; labels optimized jointly (or known / inferred)"
 
     def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "optimized"):
-        if iterations < 1 or lr <= 0:
-            raise ConfigError("attack dlg: iterations >= 1 and lr > 0")
+        checks.at_least(f"attack {self.registered_name}", 1, iterations=iterations)
+        checks.positive(f"attack {self.registered_name}", lr=lr)
         label_methods.check(labels, ("optimized",))
         self.iterations, self.lr, self.labels = iterations, lr, labels
 
@@ -141,8 +141,9 @@ class InvertingGradients(Attack):
 
     def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1,
                  labels: str = "known"):
-        if iterations < 1 or lr <= 0 or tv < 0 or restarts < 1:
-            raise ConfigError("attack ig: iterations >= 1, lr > 0, tv >= 0 and restarts >= 1")
+        checks.at_least("attack ig", 1, iterations=iterations, restarts=restarts)
+        checks.positive("attack ig", lr=lr)
+        checks.at_least("attack ig", 0, tv=tv)
         label_methods.check(labels)
         self.iterations, self.lr, self.tv, self.restarts, self.labels = iterations, lr, tv, restarts, labels
 

@@ -6,8 +6,8 @@ import math
 
 import torch
 
+from giabench import checks
 from giabench.defenses.base import Client, gaussian_like
-from giabench.errors import ConfigError
 from giabench.registry import defense
 
 
@@ -24,8 +24,7 @@ class GaussianNoise(Client):
 
     def __init__(self, protocol, *, sigma: float = 0.01):
         super().__init__(protocol)
-        if sigma < 0:
-            raise ConfigError(f"defense gauss: sigma must be >= 0, got {sigma}")
+        checks.at_least("defense gauss", 0, sigma=sigma)
         self.sigma = sigma
         self.public = {"sigma": sigma}
 
@@ -44,9 +43,8 @@ class TopKPruning(Client):
 
     def __init__(self, protocol, *, fraction: float = 0.9):
         super().__init__(protocol)
-        if not 0 <= fraction < 1:
-            raise ConfigError(f"defense prune: fraction (the share of entries removed) must be in [0, 1), "
-                              f"got {fraction}")
+        checks.require("defense prune", "fraction", fraction, 0 <= fraction < 1,
+                       "in [0, 1) (the share of entries removed)")
         self.fraction = fraction
 
     def transform(self, update, generator):

@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from giabench import checks
 from giabench.defenses.base import Client, check_adjacency, clip_update, gaussian_like, rdp_epsilon
 from giabench.errors import ConfigError
 from giabench.protocols import Protocol, Update
@@ -83,13 +84,14 @@ class DIFF2(Client):
         super().__init__(protocol)
         if protocol is not None and protocol.name != "fedsgd":
             raise ConfigError("defense diff2 is DIFF2-GD: it needs protocol fedsgd (full local batch)")
-        if min(clip1, clip2, step) <= 0 or min(noise1, noise2) < 0 or not 0 <= rounds < period:
-            raise ConfigError("defense diff2: needs clip1, clip2, step > 0, noise1, noise2 >= 0 and "
-                              "0 <= rounds < period")
-        if view not in VIEWS or (view == "difference" and rounds == 0):
-            raise ConfigError(f"defense diff2: view must be one of {', '.join(VIEWS)}; difference needs rounds >= 1")
-        if total_rounds < 1 or not 0 < delta < 1:
-            raise ConfigError("defense diff2: total_rounds >= 1 and 0 < delta < 1")
+        checks.positive("defense diff2", clip1=clip1, clip2=clip2, step=step)
+        checks.at_least("defense diff2", 0, noise1=noise1, noise2=noise2, rounds=rounds)
+        checks.at_least("defense diff2", 1, period=period, total_rounds=total_rounds)
+        checks.require("defense diff2", "rounds", rounds, rounds < period, f"< period ({period})")
+        checks.one_of("defense diff2", "view", view, VIEWS)
+        checks.require("defense diff2", "rounds", rounds, view != "difference" or rounds >= 1,
+                       ">= 1 with view difference")
+        checks.require("defense diff2", "delta", delta, 0 < delta < 1, "in (0, 1)")
         check_adjacency("diff2", adjacency)
         self.adjacency = adjacency
         self.clip1, self.clip2, self.noise1, self.noise2 = clip1, clip2, noise1, noise2

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from giabench import checks
 from giabench.defenses.base import Client, check_adjacency, clip_update, dp_cost, gaussian_like
-from giabench.errors import ConfigError
 from giabench.registry import defense
 
 
@@ -41,9 +41,11 @@ class DPSGD(Client):
     def __init__(self, protocol, *, clip: float = 1.0, noise_multiplier: float = 1.0, delta: float = 1e-5,
                  sample_rate: float = 1.0, rounds: int = 1, adjacency: str = "add-remove"):
         super().__init__(protocol)
-        if clip <= 0 or noise_multiplier < 0 or not 0 < delta < 1 or not 0 < sample_rate <= 1 or rounds < 1:
-            raise ConfigError("defense dp-sgd: needs clip > 0, noise_multiplier >= 0, 0 < delta < 1, "
-                              "0 < sample_rate <= 1 and rounds >= 1")
+        checks.positive("defense dp-sgd", clip=clip)
+        checks.at_least("defense dp-sgd", 0, noise_multiplier=noise_multiplier)
+        checks.require("defense dp-sgd", "delta", delta, 0 < delta < 1, "in (0, 1)")
+        checks.fraction("defense dp-sgd", sample_rate=sample_rate)
+        checks.at_least("defense dp-sgd", 1, rounds=rounds)
         check_adjacency("dp-sgd", adjacency, sample_rate)
         self.clip, self.noise_multiplier, self.delta = clip, noise_multiplier, delta
         self.sample_rate, self.rounds, self.adjacency = sample_rate, rounds, adjacency

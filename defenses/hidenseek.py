@@ -22,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from giabench import checks
 from giabench.defenses.base import Client
 from giabench.errors import ConfigError
 from giabench.protocols import FedAvg, Update
@@ -69,9 +70,9 @@ class HideNSeek(Client):
     def __init__(self, protocol, *, density: float = 0.1, upload: str = "scores", score_init: float = 0.01,
                  temperature: float = 0.001):
         super().__init__(protocol)
-        if not 0 < density <= 1 or upload not in UPLOADS or score_init <= 0 or temperature <= 0:
-            raise ConfigError(f"defense hidenseek: needs 0 < density <= 1, upload one of {', '.join(UPLOADS)}, "
-                              "score_init > 0 and temperature > 0")
+        checks.fraction("defense hidenseek", density=density)
+        checks.one_of("defense hidenseek", "upload", upload, UPLOADS)
+        checks.positive("defense hidenseek", score_init=score_init, temperature=temperature)
         self.density, self.upload, self.temperature = density, upload, temperature
         if protocol is None:  # validation of the parameters only (suite loading)
             return

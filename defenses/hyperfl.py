@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from giabench import checks
 from giabench.defenses.base import Client, clip_update
 from giabench.errors import ConfigError
 from giabench.protocols import FedAvg, Update
@@ -89,8 +90,8 @@ class HyperFL(Client):
     def __init__(self, protocol, *, embed_dim: int = 64, hidden: int = 128, private_lr: float = 0.1,
                  clip: float = 50.0, seed: int = 0, private_seed: int = 1):
         super().__init__(protocol)
-        if embed_dim < 1 or hidden < 1 or private_lr <= 0 or clip <= 0:
-            raise ConfigError("defense hyperfl: needs embed_dim >= 1, hidden >= 1, private_lr > 0 and clip > 0")
+        checks.at_least("defense hyperfl", 1, embed_dim=embed_dim, hidden=hidden)
+        checks.positive("defense hyperfl", private_lr=private_lr, clip=clip)
         self.private_lr, self.clip = private_lr, clip
         if protocol is None:  # validation of the parameters only (suite loading)
             return

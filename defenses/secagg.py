@@ -8,6 +8,7 @@ shard sizes and matches the sum.
 
 from __future__ import annotations
 
+from giabench import checks
 from giabench.defenses.base import Client
 from giabench.errors import ConfigError
 from giabench.registry import defense
@@ -26,8 +27,7 @@ class SecureAggregation(Client):
 
     def __init__(self, protocol, *, clients: int = 4):
         super().__init__(protocol)
-        if clients < 1:
-            raise ConfigError(f"defense secagg: clients must be >= 1, got {clients}")
+        checks.at_least("defense secagg", 1, clients=clients)
         self.clients = clients
         self.public = {"clients": clients}
 

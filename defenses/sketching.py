@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from giabench import checks
 from giabench.defenses.base import Client, check_adjacency, clip_update, dp_cost, gaussian_like
 from giabench.defenses.dp_sgd import DPSGD
 from giabench.errors import ConfigError, NotApplicable
@@ -116,11 +117,11 @@ class Sketching(Client):
                  clip: float = 1.0, noise_multiplier: float = 1.0, delta: float = 1e-5, seed: int = 0,
                  secret: bool = False, adjacency: str = "add-remove"):
         super().__init__(protocol)
-        if kind not in KINDS or noise not in NOISE:
-            raise ConfigError(f"defense sketch: kind must be one of {', '.join(KINDS)} and noise one of "
-                              f"{', '.join(NOISE)}")
-        if not 0 < ratio <= 1 or clip <= 0 or noise_multiplier < 0:
-            raise ConfigError("defense sketch: needs 0 < ratio <= 1, clip > 0 and noise_multiplier >= 0")
+        checks.one_of("defense sketch", "kind", kind, KINDS)
+        checks.one_of("defense sketch", "noise", noise, NOISE)
+        checks.fraction("defense sketch", ratio=ratio)
+        checks.positive("defense sketch", clip=clip)
+        checks.at_least("defense sketch", 0, noise_multiplier=noise_multiplier)
         check_adjacency("sketch", adjacency)
         self.noise, self.clip, self.noise_multiplier, self.delta, self.secret = noise, clip, noise_multiplier, \
             delta, secret

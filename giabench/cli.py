@@ -130,7 +130,7 @@ def cmd_run(args) -> int:
     loaded = suite.load(args.suite)
     env = runner.Environment(runner.pick_device(args.device), args.data_root, args.download, args.threads)
     _check_parallelism(env, args.workers)
-    out = Path(args.out or Path("runs") / loaded.name)
+    out = Path(args.out or Path("runs") / loaded.slug)
     runner.run_suite(loaded, out, env, workers=args.workers, show_progress=not args.quiet)
     print(_leaderboard(out, f"giabench: {loaded.name}"))
     print(f"\nwrote {out / 'leaderboard.csv'} and {out / 'leaderboard.html'}")

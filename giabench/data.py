@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from giabench import checks
 from giabench.errors import ConfigError
 from giabench.registry import dataset, datasets
 
@@ -182,8 +183,8 @@ def natural_patches(*, count: int = 10000, size: int = 32, seed: int = 0) -> Ima
     """``count`` square crops of the bundled natural photos, resized to ``size`` (label: the photo). Each crop picks a
     photo uniformly, a side uniformly between ``size`` and half the photo's shorter side, and a position uniformly;
     the draws come from ``seed``. Out-of-distribution for CIFAR-10 by construction: no CIFAR image is in it."""
-    if count < 1 or size < 4:
-        raise ConfigError("dataset natural-patches: count >= 1 and size >= 4")
+    checks.at_least("dataset natural-patches", 1, count=count)
+    checks.at_least("dataset natural-patches", 4, size=size)
     photos = natural_photos()
     rng = np.random.default_rng(seed)
     images, labels = [], []

@@ -6,7 +6,12 @@ class GiabenchError(Exception):
 
 
 class ConfigError(GiabenchError, ValueError):
-    """A suite, cell or component parameter is invalid."""
+    """A suite, cell or component parameter is invalid; ``field`` names the offending parameter when one does, so a
+    suite can point at its line."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class NotApplicable(GiabenchError):

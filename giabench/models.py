@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from giabench import checks
 from giabench.errors import ConfigError
 from giabench.registry import model, models
 
@@ -37,8 +38,7 @@ INITS = ("pytorch", "he", "uniform")
 def initialize(net: nn.Module, init: str, built: str = "pytorch") -> None:
     """Draw ``net``'s weights by ``init``; ``built`` is the scheme the constructor already applied, which is kept as
     it is (so its random draws are the constructor's)."""
-    if init not in INITS:
-        raise ConfigError(f"{type(net).__name__.lower()}: init must be one of {', '.join(INITS)}, got {init!r}")
+    checks.one_of(type(net).__name__.lower(), "init", init, INITS)
     if init == built:
         return
     for m in net.modules():
@@ -77,6 +77,7 @@ class LeNet(nn.Module):
 
     def __init__(self, shape, num_classes, *, channels: int = 12, init: str = "uniform"):
         super().__init__()
+        checks.at_least("lenet", 1, channels=channels)
         c, h, w = shape
         act = nn.Sigmoid
         self.features = nn.Sequential(
@@ -111,10 +112,9 @@ class ConvNet(nn.Module):
     def __init__(self, shape, num_classes, *, width: int = 64, activation: str = "relu", pool: str = "max",
                  init: str = "pytorch"):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"convnet: activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-        if pool not in POOLS:
-            raise ConfigError(f"convnet: pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        checks.at_least("convnet", 1, width=width)
+        checks.one_of("convnet", "activation", activation, tuple(ACTIVATIONS))
+        checks.one_of("convnet", "pool", pool, tuple(POOLS))
         c, h, w = shape
         a, b, d = width, 2 * width, 4 * width
         blocks = [(c, a), (a, b), (b, b), (b, d), (d, d), (d, d), "pool", (d, d), (d, d), "pool"]
@@ -134,8 +134,7 @@ def resnet18(shape, num_classes, *, width: int = 64, init: str = "he") -> nn.Mod
     """ResNet-18 (He et al., CVPR 2016) with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool. Init
     ``he``, torchvision's (Kaiming-normal fan-out convolutions, batch norm 1 and 0), which the Inverting
     Gradients code's ResNet and breaching's keep."""
-    if width != 64:
-        raise ConfigError("resnet18: only width 64 is supported")
+    checks.require("resnet18", "width", width, width == 64, "64 (the only width supported)")
     net = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes,
                                     width_per_group=64)
     net.conv1 = nn.Conv2d(shape[0], 64, 3, stride=1, padding=1, bias=False)
@@ -155,8 +154,7 @@ class CNN6(nn.Module):
 
     def __init__(self, shape, num_classes, *, slope: float = 0.2, init: str = "pytorch"):
         super().__init__()
-        if not 0 < slope < 1:
-            raise ConfigError(f"cnn6: slope must be in (0, 1) so the activation is invertible, got {slope}")
+        checks.require("cnn6", "slope", slope, 0 < slope < 1, "in (0, 1) so the activation is invertible")
         c, h, w = shape
         plan = [(c, 12, 4, 2), (12, 36, 3, 2), (36, 36, 3, 1), (36, 36, 3, 1), (36, 64, 3, 2), (64, 128, 3, 1)]
         layers: list[nn.Module] = []
@@ -181,6 +179,7 @@ class CifarCNN(nn.Module):
 
     def __init__(self, shape, num_classes, *, hidden: int = 128, init: str = "pytorch"):
         super().__init__()
+        checks.at_least("cifarcnn", 1, hidden=hidden)
         c, h, w = shape
         self.features = nn.Sequential(
             nn.Conv2d(c, 16, 5), nn.LeakyReLU(), nn.MaxPool2d(2),
@@ -204,6 +203,8 @@ class MLP(nn.Module):
 
     def __init__(self, shape, num_classes, *, width: int = 256, depth: int = 1, init: str = "pytorch"):
         super().__init__()
+        checks.at_least("mlp", 1, width=width)
+        checks.at_least("mlp", 0, depth=depth)
         dims = [int(torch.tensor(shape).prod())] + [width] * depth
         layers: list[nn.Module] = [nn.Flatten()]
         for cin, cout in zip(dims[:-1], dims[1:], strict=False):

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from giabench import checks
 from giabench.errors import ConfigError
+from giabench.registry import coerce
 
 Update = dict[str, torch.Tensor]
 GradRule = Callable[["Protocol", Update, torch.Tensor, torch.Tensor], Update]
@@ -85,9 +87,14 @@ class FedAvg(Protocol):
 
     def __init__(self, model, *, epochs: int = 1, batch_size: int = 0, lr: float = 0.1):
         super().__init__(model)
-        if epochs < 1 or batch_size < 0 or lr <= 0:
-            raise ConfigError("protocol fedavg: epochs >= 1, batch_size >= 0 (0 = the whole batch) and lr > 0")
+        self.check(epochs=epochs, batch_size=batch_size, lr=lr)
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+
+    @staticmethod
+    def check(*, epochs: int, batch_size: int, lr: float) -> None:
+        checks.at_least("protocol fedavg", 1, epochs=epochs)
+        checks.require("protocol fedavg", "batch_size", batch_size, batch_size >= 0, ">= 0 (0: the whole batch)")
+        checks.positive("protocol fedavg", lr=lr)
 
     def _batches(self, n: int) -> list[slice]:
         b = self.batch_size or n
@@ -111,13 +118,23 @@ PROTOCOL_DEFAULTS = {"fedsgd": {}, "fedavg": {"epochs": 1, "batch_size": 0, "lr"
 
 
 def resolve_params(name: str, params: dict, where: str) -> dict:
+    """A protocol's parameters with defaults filled, typed and checked (before any model exists)."""
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
     known = PROTOCOL_DEFAULTS[name]
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ConfigError(f"{where}: unknown parameter {unknown[0]!r}; known: {', '.join(known) or 'none'}")
-    return {**known, **params}
+        raise ConfigError(f"{where}: unknown parameter {unknown[0]!r}; known: {', '.join(known) or 'none'}",
+                          field=unknown[0])
+    resolved = {**known}
+    for key, value in params.items():
+        try:
+            resolved[key] = coerce(value, known[key], f"{where}.{key}")
+        except ConfigError as exc:
+            raise ConfigError(str(exc), field=key) from None
+    if name == "fedavg":
+        FedAvg.check(**resolved)
+    return resolved
 
 
 def build(name: str, params: dict, model: torch.nn.Module) -> Protocol:

@@ -11,6 +11,7 @@ registers itself on import.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from importlib import import_module, metadata
 from typing import Any
@@ -83,21 +84,24 @@ class Registry:
         unknown = sorted(set(params) - set(defaults))
         if unknown:
             known = ", ".join(sorted(defaults)) or "none"
-            raise ConfigError(f"{where}: unknown parameter {unknown[0]!r}; known: {known}")
+            raise ConfigError(f"{where}: unknown parameter {unknown[0]!r}; known: {known}", field=unknown[0])
         resolved = dict(defaults)
         for key, value in params.items():
             default = defaults[key]
             if default is inspect.Parameter.empty:
                 resolved[key] = value
                 continue
-            resolved[key] = _coerce(value, default, f"{where}.{key}")
+            try:
+                resolved[key] = coerce(value, default, f"{where}.{key}")
+            except ConfigError as exc:
+                raise ConfigError(str(exc), field=key) from None
         missing = [k for k, v in resolved.items() if v is inspect.Parameter.empty]
         if missing:
             raise ConfigError(f"{where}: needs parameter {missing[0]!r}")
         return resolved
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
+def coerce(value: Any, default: Any, where: str) -> Any:
     """Check ``value`` against the type of ``default``; ints are accepted where floats are expected."""
     if default is None:
         return value
@@ -107,6 +111,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         value = float(value) if ok else value
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple))

@@ -13,7 +13,8 @@
 
 A component (dataset, model, protocol, defense, attack) is a name or a mapping with ``name`` and parameters; a grid
 entry without ``name`` updates the default component's parameters. A cell's identity is a hash of its resolved
-config and the package version.
+config and the package version. Every error names the file and the line of the offending value (a parameter's own
+line where it has one); duplicate keys are refused. The suite's ``name`` becomes a folder name only as a slug.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -52,6 +54,14 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader, node):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key_node.value!r} (first on line {seen[key_node.value]})",
+                    key_node.start_mark)
+            seen[key_node.value] = key_node.start_mark.line + 1
     mapping = _Located(loader.construct_mapping(node, deep=True))
     mapping.lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
     mapping.lines["__self__"] = node.start_mark.line + 1
@@ -80,6 +90,11 @@ class Suite:
     cells: list[Cell]
     source: str
 
+    @property
+    def slug(self) -> str:
+        """The name as a safe folder name: lower case, runs of other characters than a-z 0-9 . _ - become '-'."""
+        return re.sub(r"[^a-z0-9._-]+", "-", self.name.lower()).strip("-.") or "suite"
+
 
 def cell_id(config: dict) -> str:
     blob = json.dumps({"config": config, "version": __version__}, sort_keys=True, default=str)
@@ -94,9 +109,16 @@ def packaged_suites() -> list[str]:
 def _read(spec: str) -> tuple[str, str]:
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise ConfigError(f"suite file {spec}: is a directory, not a YAML file")
         if not path.is_file():
             raise ConfigError(f"suite file {spec}: no such file")
-        return path.read_text(), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError:
+            raise ConfigError(f"suite file {spec}: not a UTF-8 text file") from None
+        except OSError as exc:
+            raise ConfigError(f"suite file {spec}: cannot read it ({exc.strerror})") from None
     if spec not in packaged_suites():
         raise ConfigError(f"unknown suite {spec!r}; packaged: {', '.join(packaged_suites())} (or give a .yaml path)")
     return (resources.files("giabench") / "suites" / f"{spec}.yaml").read_text(), spec
@@ -130,10 +152,10 @@ def expand(doc: dict, source: str = "<suite>") -> Suite:
     defaults = doc.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{source}{_line(doc, 'defaults')}: defaults must be a mapping of cell fields")
-    base = {key: _merge(BASE[key], value, key, f"{source}{_line(defaults, key)}")
-            for key, value in BASE.items()}
+    base = {key: _merge(BASE[key], value, key, source) for key, value in BASE.items()}
+    default_wheres = {key: f"{source}{_line(defaults, key)}" for key in defaults}
     for key, value in defaults.items():
-        base[key] = _merge(BASE.get(key), value, key, f"{source}{_line(defaults, key)}")
+        base[key] = _merge(BASE.get(key), value, key, default_wheres[key])
     grids = doc.get("grid") or [{}]
     grids = grids if isinstance(grids, list) else [grids]
     cells, seen = [], set()
@@ -151,7 +173,7 @@ def expand(doc: dict, source: str = "<suite>") -> Suite:
             raw = dict(base)
             for key, value, where in combo:
                 raw[key] = _merge(base.get(key), value, key, where)
-            config = resolve(raw, {key: where for key, _, where in combo}, source)
+            config = resolve(raw, {**default_wheres, **{key: where for key, _, where in combo}}, source)
             cell = Cell(config, cell_id(config))
             if cell.id not in seen:
                 seen.add(cell.id)
@@ -171,8 +193,21 @@ def _merge(current: Any, value: Any, key: str, where: str) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: {key} must be a name or a mapping with 'name', got {value!r}")
     if "name" in value:
-        return {k: v for k, v in value.items()}
-    return {**(current or {}), **{k: v for k, v in value.items()}}
+        return _with_lines(value, value)
+    return _with_lines({**(current or {}), **value}, current, value)
+
+
+def _with_lines(mapping: dict, *sources: Any) -> _Located:
+    """A copy of ``mapping`` that remembers the lines its keys had in ``sources`` (later ones win)."""
+    located = _Located(mapping)
+    located.lines = {k: v for src in sources for k, v in getattr(src, "lines", {}).items() if k != "__self__"}
+    return located
+
+
+def _field_where(mapping: Any, field: str | None, where: str, source: str) -> str:
+    """The line of parameter ``field`` inside a component's mapping, else ``where`` (the component's line)."""
+    line = getattr(mapping, "lines", {}).get(field) if field else None
+    return f"{source}:{line}" if line else where
 
 
 def resolve(raw: dict, wheres: dict, source: str) -> dict:
@@ -187,9 +222,11 @@ def resolve(raw: dict, wheres: dict, source: str) -> dict:
         try:
             config[key] = {"name": name, **_resolve_component(key, name, params)}
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
+            raise ConfigError(f"{_field_where(raw[key], exc.field, where, source)}: {exc}") from exc
     for key in SCALARS:
         config[key] = raw[key]
+    if config["seed"] < 0:
+        raise ConfigError(f"{wheres.get('seed', source)}: seed must be >= 0, got {config['seed']}")
     where = wheres.get("batch_size", source)
     if config["batch_size"] < 1:
         raise ConfigError(f"{where}: batch_size must be at least 1")
@@ -200,7 +237,8 @@ def resolve(raw: dict, wheres: dict, source: str) -> dict:
     try:  # constructing the attack checks its values; its parameters say what it needs
         instance = attacks.get(attack["name"])(**{k: v for k, v in attack.items() if k != "name"})
     except ConfigError as exc:
-        raise ConfigError(f"{wheres.get('attack', source)}: {exc}") from exc
+        where = _field_where(raw["attack"], exc.field, wheres.get("attack", source), source)
+        raise ConfigError(f"{where}: {exc}") from exc
     needs = instance.requirements(config["protocol"]["name"])
     if config["threat_model"]:
         try:

@@ -121,5 +121,8 @@ def test_gauss_noise_has_the_stated_scale():
 def test_bad_defense_values_are_refused():
     with pytest.raises(ConfigError, match="fraction"):
         _client("prune", fraction=1.0)
-    with pytest.raises(ConfigError, match="clip > 0"):
+    with pytest.raises(ConfigError, match=r"defense dp-sgd: clip must be > 0, got 0.0$"):
         _client("dp-sgd", clip=0.0)
+    with pytest.raises(ConfigError, match=r"defense dp-sgd: sample_rate must be in \(0, 1\], got 1.5$") as caught:
+        _client("dp-sgd", sample_rate=1.5)
+    assert caught.value.field == "sample_rate"  # one rule named, and the parameter a suite file can point at

@@ -60,5 +60,5 @@ def test_scores_upload_is_a_rescaled_sparse_gradient_that_ig_inverts():
 
 
 def test_bad_parameters_are_named():
-    with pytest.raises(ConfigError, match="upload one of scores, signs"):
+    with pytest.raises(ConfigError, match="upload must be one of scores, signs, got 'weights'"):
         HideNSeek(None, upload="weights")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from giabench import checks
 from giabench.attacks.generators.staged import StagedGenerator
 from giabench.errors import ConfigError
 
@@ -29,8 +30,7 @@ class DCGANGenerator(StagedGenerator):
         c, h, w = shape
         if h != w or h not in START:
             raise ConfigError(f"dcgan: images must be 28x28 or 32x32, got {h}x{w}")
-        if latent_dim < 1 or width < 1:
-            raise ConfigError("dcgan: latent_dim >= 1 and width >= 1")
+        checks.at_least("dcgan", 1, latent_dim=latent_dim, width=width)
         self.shape, self.latent_dim = (c, h, w), latent_dim
         start = START[h]
         ups = {7: 2, 4: 3}[start]
