@@ -34,6 +34,10 @@ class Client:
         self.public: dict = {}
         self.releases: list[Release] = []  # DP releases of every share() so far (empty: not a DP mechanism)
 
+    @classmethod
+    def check_cell(cls, params: dict, protocol: str, batch_size: int) -> None:
+        """Refuse, before any cell runs, a protocol or batch size the defense cannot serve."""
+
     def rule(self, generator: torch.Generator | None) -> GradRule | None:
         """The per-step gradient rule (``None``: the plain mean gradient); ``generator=None`` means simulate."""
         return None

@@ -100,6 +100,11 @@ class DIFF2(Client):
             self.iterates = self._iterates(step, seed)
             self.public = {"iterates": self.iterates, "view": view}
 
+    @classmethod
+    def check_cell(cls, params, protocol, batch_size):
+        if protocol != "fedsgd":
+            raise ConfigError("defense diff2 is DIFF2-GD: it needs protocol fedsgd (full local batch)")
+
     def _iterates(self, step: float, seed: int) -> list[Update]:
         """x_{r-rounds}, ..., x_r: the public iterates since the last restart, oldest first."""
         gen = torch.Generator().manual_seed(seed)

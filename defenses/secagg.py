@@ -15,8 +15,7 @@ from giabench.registry import defense
 
 
 def shards(n: int, clients: int) -> list[slice]:
-    if n < clients:
-        raise ConfigError(f"defense secagg: the batch ({n}) must hold at least one image per client ({clients})")
+    SecureAggregation.check_cell({"clients": clients}, "", n)
     bounds = [round(i * n / clients) for i in range(clients + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -30,6 +29,12 @@ class SecureAggregation(Client):
         checks.at_least("defense secagg", 1, clients=clients)
         self.clients = clients
         self.public = {"clients": clients}
+
+    @classmethod
+    def check_cell(cls, params, protocol, batch_size):
+        if batch_size < params["clients"]:
+            raise ConfigError(f"defense secagg: the batch ({batch_size}) must hold at least one image per client "
+                              f"({params['clients']})")
 
     def update(self, x, y, rule):
         total = None

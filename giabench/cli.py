@@ -1,9 +1,11 @@
-"""The ``giabench`` command line. Bad input exits with code 2 and one line naming the problem."""
+"""The ``giabench`` command line. Bad input exits with code 2 and one line naming the problem; a run with failed cells
+exits 1; Ctrl-C (or SIGTERM) stops cleanly with 130 (143), keeping every finished cell and writing their leaderboard."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -11,29 +13,36 @@ from pathlib import Path
 from giabench.errors import ConfigError, GiabenchError
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED_CELLS = 1
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 THREADS_HELP = ("CPU threads per cell, in-process and in every worker (default: 1); a numerics setting, stored with "
                 "every result: a run folder holds one setting only")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from giabench import __version__
+
     parser = argparse.ArgumentParser(prog="giabench", description="Gradient inversion attacks and defenses in FL.")
+    parser.add_argument("--version", action="version", version=f"giabench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a suite (default: the packaged 'default' suite) and write the leaderboard")
     run.add_argument("suite", nargs="?", default="default", help="a packaged suite name or a YAML file")
     run.add_argument("--out", help="run folder (default: runs/SUITE); rerunning resumes it")
-    run.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    run.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where cells run (default: cpu)")
     run.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
     run.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     run.add_argument("--data-root", default="", help="folder of real datasets (cifar10, mnist, ...)")
     run.add_argument("--download", action="store_true", help="allow torchvision to download missing datasets")
+    run.add_argument("--retry-failed", action="store_true", help="run the cells stored as failed again")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     lister = sub.add_parser("list", help="list registered components")
-    lister.add_argument("kind", choices=["attacks", "defenses", "datasets", "models", "suites"])
+    lister.add_argument("kind", choices=["attacks", "defenses", "datasets", "models", "suites"],
+                        help="which registry to list")
 
     board = sub.add_parser("leaderboard", help="write leaderboard.csv and leaderboard.html for a run folder")
-    board.add_argument("run_dir")
+    board.add_argument("run_dir", help="a run folder written by giabench run")
     board.add_argument("--utility", help="a utility.csv from giabench utility: adds the privacy-utility table and plot")
 
     show = sub.add_parser("show", help="print one cell's config and scores")
@@ -42,33 +51,33 @@ def _parser() -> argparse.ArgumentParser:
 
     regress = sub.add_parser("regress", help="run a suite and judge it, setting by setting, against a baseline CSV "
                                              "(attacks weaker, defenses leakier, costs changed)")
-    regress.add_argument("--suite", default="smoke")
-    regress.add_argument("--baseline", required=True)
+    regress.add_argument("--suite", default="smoke", help="a packaged suite name or a YAML file (default: smoke)")
+    regress.add_argument("--baseline", required=True, help="the baseline CSV (per-setting summary) to judge against")
     regress.add_argument("--out", help="run folder (default: a fresh temporary folder, so that nothing is reused)")
     regress.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
     regress.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     regress.add_argument("--update", action="store_true", help="write the run's per-setting summary as the baseline")
-    regress.add_argument("--quiet", action="store_true")
+    regress.add_argument("--quiet", action="store_true", help="no progress bars")
     util = sub.add_parser("utility", help="short federated training under each defense of a utility YAML file: "
                                           "accuracy, uplink bytes and time per round, written to OUT/utility.csv")
     util.add_argument("config", help="a utility YAML file (see benchmarks/utility.yaml)")
     util.add_argument("--out", default="runs/utility", help="output folder (default: runs/utility)")
     util.add_argument("--data-root", default="", help="folder of real datasets, for torchvision ones such as cifar10")
     util.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    util.add_argument("--quiet", action="store_true")
+    util.add_argument("--quiet", action="store_true", help="no progress bars")
     gan = sub.add_parser("train-generator", help="train a DCGAN image prior for the generative attacks; writes "
                                                  "OUT (.pt), OUT's .json (config, sha256) and sample grids")
     gan.add_argument("--dataset", required=True, help="a dataset name, e.g. mnist-5k or natural-patches")
     gan.add_argument("--out", required=True, help="checkpoint path ending in .pt")
-    gan.add_argument("--epochs", type=int, default=20)
-    gan.add_argument("--batch", type=int, default=64)
-    gan.add_argument("--lr", type=float, default=2e-4)
-    gan.add_argument("--latent-dim", type=int, default=64)
-    gan.add_argument("--width", type=int, default=64)
-    gan.add_argument("--seed", type=int, default=0)
+    gan.add_argument("--epochs", type=int, default=20, help="passes over the dataset (default: 20)")
+    gan.add_argument("--batch", type=int, default=64, help="images per step (default: 64)")
+    gan.add_argument("--lr", type=float, default=2e-4, help="Adam step size of both networks (default: 2e-4)")
+    gan.add_argument("--latent-dim", type=int, default=64, help="size of the latent vector z (default: 64)")
+    gan.add_argument("--width", type=int, default=64, help="channels of the widest layer (default: 64)")
+    gan.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     gan.add_argument("--threads", type=int, default=2, help="CPU threads (recorded: results depend on it)")
     gan.add_argument("--grid-every", type=int, default=5, help="write a sample grid every N epochs")
-    gan.add_argument("--quiet", action="store_true")
+    gan.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -101,19 +110,34 @@ def cmd_utility(args) -> int:
 
 
 def _leaderboard(run_dir: Path, title: str, utility: str | None = None) -> str:
+    """Write the leaderboard files of ``run_dir`` and return the ranking as text, followed by what was written; a
+    file that cannot be written (a read-only folder) is a warning, the ranking is still returned."""
     from giabench.leaderboard import report, tables, tradeoff
 
     frame = tables.cells(run_dir)
     if frame.empty:
         raise GiabenchError(f"{run_dir}: no finished cells yet")
-    tables.write_csv(frame, run_dir / "leaderboard.csv")
-    trade = None
-    if utility:
-        trade = tradeoff.table(frame, tradeoff.read_utility(utility))
-        tables.write_csv(trade, run_dir / "privacy_utility.csv")
-        tradeoff.plot(trade, run_dir / "privacy_utility.png")
-    report.write(frame, run_dir, run_dir / "leaderboard.html", title=title, tradeoff=trade)
-    return tables.terminal(tables.ranking(frame))
+    try:
+        tables.write_csv(frame, run_dir / "leaderboard.csv")
+        trade = None
+        if utility:
+            trade = tradeoff.table(frame, tradeoff.read_utility(utility))
+            tables.write_csv(trade, run_dir / "privacy_utility.csv")
+            tradeoff.plot(trade, run_dir / "privacy_utility.png")
+        report.write(frame, run_dir, run_dir / "leaderboard.html", title=title, tradeoff=trade)
+        written = f"\n\nwrote {run_dir / 'leaderboard.csv'} and {run_dir / 'leaderboard.html'}"
+    except OSError as exc:
+        print(f"giabench: warning: cannot write the leaderboard in {run_dir} ({exc.strerror})", file=sys.stderr)
+        written = ""
+    return tables.terminal(tables.ranking(frame)) + written
+
+
+def _out_dir(out: str | None, default: Path) -> Path:
+    if out is None:
+        return default
+    if not out.strip():
+        raise GiabenchError("--out must name a folder, got an empty string")
+    return Path(out)
 
 
 def _check_parallelism(env, workers: int) -> None:
@@ -126,15 +150,49 @@ def _check_parallelism(env, workers: int) -> None:
 
 def cmd_run(args) -> int:
     from giabench import runner, suite
+    from giabench.store import DB_NAME, Store
 
     loaded = suite.load(args.suite)
     env = runner.Environment(runner.pick_device(args.device), args.data_root, args.download, args.threads)
     _check_parallelism(env, args.workers)
-    out = Path(args.out or Path("runs") / loaded.slug)
-    runner.run_suite(loaded, out, env, workers=args.workers, show_progress=not args.quiet)
-    print(_leaderboard(out, f"giabench: {loaded.name}"))
-    print(f"\nwrote {out / 'leaderboard.csv'} and {out / 'leaderboard.html'}")
+    out = _out_dir(args.out, Path("runs") / loaded.slug)
+    stopped = None
+    with _StopOnSignals() as caught:
+        try:
+            runner.run_suite(loaded, out, env, workers=args.workers, show_progress=not args.quiet,
+                             retry_failed=args.retry_failed)
+        except KeyboardInterrupt:
+            stopped = caught.get("signal", signal.SIGINT)
+    cells = Store(out).cells() if (out / DB_NAME).is_file() else None
+    cells = cells[cells["cell"].isin([c.id for c in loaded.cells])] if cells is not None else []
+    if len(cells):
+        print(_leaderboard(out, f"giabench: {loaded.name}"))
+    if stopped is not None:
+        print(f"giabench: interrupted: {len(cells)} of {len(loaded.cells)} cells finished and stored in {out}; "
+              "rerun the same command to resume", file=sys.stderr)
+        return EXIT_SIGNAL[stopped]
+    failed = cells[cells["status"] == "failed"] if len(cells) else []
+    if len(failed):
+        print(f"giabench: {len(failed)} of {len(cells)} cells failed (status 'failed', the reason in 'note', e.g. "
+              f"{failed['note'].iloc[0]!r}); rerun with --retry-failed", file=sys.stderr)
+        return EXIT_FAILED_CELLS
     return 0
+
+
+class _StopOnSignals:
+    """Within the block SIGTERM raises KeyboardInterrupt like Ctrl-C does; the mapping it yields records which."""
+
+    def __enter__(self) -> dict:
+        self.caught: dict = {}
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self.caught
+
+    def _handle(self, signum, frame):
+        self.caught["signal"] = signal.Signals(signum)
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
 
 
 def _summary(doc: str, width: int = 150) -> str:
@@ -177,7 +235,11 @@ def cmd_show(args) -> int:
 
     matches = []
     for db in sorted(Path(args.runs).glob("*/results.sqlite")):
-        frame = Store(db.parent, create=False).cells()
+        try:
+            frame = Store(db.parent, create=False).cells()
+        except GiabenchError as exc:  # one broken run folder must not hide the others
+            print(f"giabench: warning: skipping {exc}", file=sys.stderr)
+            continue
         for _, row in frame[frame["cell"].str.startswith(args.cell)].iterrows():
             matches.append((db.parent, row))
     if not matches:
@@ -233,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     except GiabenchError as exc:
         print(f"giabench: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("giabench: interrupted", file=sys.stderr)
+        return EXIT_SIGNAL[signal.SIGINT]
 
 
 if __name__ == "__main__":

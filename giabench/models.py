@@ -220,6 +220,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GIABENCH_CACHE", Path.home() / ".cache" / "giabench"))
 
 
+def check_state(state, where: str) -> None:
+    """``untrained``, ``trained:N`` (N whole) or ``checkpoint:PATH``; the checkpoint itself is read by ``build``."""
+    ok = isinstance(state, str) and (state == "untrained" or state.startswith("checkpoint:") and len(state) > 11
+                                     or state.startswith("trained:") and state[8:].isdigit())
+    checks.require(where, "state", state, ok, "untrained, trained:N (N whole SGD steps) or checkpoint:PATH")
+
+
 def build(name: str, params: dict, data, state: str, seed: int) -> Classifier:
     """Build architecture ``name`` for ``data`` (an ImageSet) in the given state; the same arguments give the
     same weights."""
@@ -228,17 +235,12 @@ def build(name: str, params: dict, data, state: str, seed: int) -> Classifier:
         net = models.get(name)(data.shape, data.num_classes, **params)
     clf = Classifier(net, data.mean, data.std)
     clf.input_shape = tuple(data.shape)
-    if state == "untrained":
-        return clf
+    check_state(state, f"model {name}")
     if state.startswith("trained:"):
-        steps = state.split(":", 1)[1]
-        if not steps.isdigit():
-            raise ConfigError(f"model state {state!r}: expected trained:N with N a whole number of SGD steps")
-        return _trained(clf, name, params, data, int(steps), seed)
+        return _trained(clf, name, params, data, int(state.split(":", 1)[1]), seed)
     if state.startswith("checkpoint:"):
         load_checkpoint(clf, state.split(":", 1)[1])
-        return clf
-    raise ConfigError(f"model state {state!r}: expected untrained, trained:N or checkpoint:PATH")
+    return clf
 
 
 def read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:

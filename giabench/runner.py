@@ -9,9 +9,14 @@ on the same hardware with the same settings. A run folder holds cells of one num
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import platform
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +29,7 @@ from giabench import __version__, data, metrics, models, numerics, protocols, th
 from giabench.attacks.base import ServerView
 from giabench.errors import ConfigError, GiabenchError, NotApplicable
 from giabench.registry import attacks, datasets, defenses
-from giabench.store import Store
+from giabench.store import Store, exclusive
 from giabench.suite import Cell, Suite
 
 
@@ -71,6 +76,41 @@ def _seeded(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1000 + stream)
 
 
+def validate(cells: list[Cell], env: Environment) -> None:
+    """Check every cell before the first one runs: its dataset loads and holds its batch, its model builds for that
+    data (and loads its checkpoint), its defense serves its protocol and batch size. Errors name the suite file and
+    the line of the offending field."""
+    built = set()
+    for cell in cells:
+        c = cell.config
+        try:
+            imageset = _dataset(c, env)
+        except ConfigError as exc:
+            raise ConfigError(f"{cell.at('dataset', exc.field)}: {exc}") from None
+        try:
+            data.sample_index(imageset, c["batch_size"], c["seed"], c["selection"])
+        except ConfigError as exc:
+            raise ConfigError(f"{cell.at('batch_size')}: {exc}") from None
+        key = json.dumps([c["dataset"], c["model"]], sort_keys=True)
+        if key not in built:
+            built.add(key)
+            state = c["model"]["state"]
+            try:  # trained:N is built untrained here: its training runs once, in the first cell that needs it
+                models.build(c["model"]["name"], _params(c, "model", "state", "mode"), imageset,
+                             "untrained" if state.startswith("trained:") else state, 0)
+            except ConfigError as exc:
+                raise ConfigError(f"{cell.at('model', exc.field)}: {exc}") from None
+            except RuntimeError as exc:  # an architecture that cannot take these images
+                first = str(exc).strip().splitlines()[0]
+                raise ConfigError(f"{cell.at('model')}: model {c['model']['name']} cannot take "
+                                  f"{c['dataset']['name']} images ({first})") from None
+        try:
+            defenses.get(c["defense"]["name"]).check_cell(_params(c, "defense"), c["protocol"]["name"],
+                                                          c["batch_size"])
+        except ConfigError as exc:
+            raise ConfigError(f"{cell.at('defense', exc.field)}: {exc}") from None
+
+
 def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[dict], np.ndarray]:
     """Run one cell under its pinned numerics; returns its result row, its per-image rows and the image grid
     (H x W x C uint8)."""
@@ -112,6 +152,8 @@ def _run_cell(cell: Cell, env: Environment, progress) -> tuple[dict, list[dict],
         except NotApplicable as exc:
             status, note, extra = "not-applicable", str(exc), exc.details
     wall = time.perf_counter() - start
+    if recon is not None and recon.images is not None and not torch.isfinite(recon.images).all():
+        raise FloatingPointError("the attack returned NaN or infinite pixels")
 
     if recon is None:
         summary, image_rows, order = metrics.score(None, None, x, y)
@@ -120,23 +162,41 @@ def _run_cell(cell: Cell, env: Environment, progress) -> tuple[dict, list[dict],
         summary, image_rows, order = metrics.score(recon.images, recon.labels, x, y, recovered=recon.recovered)
     cost = client.cost()
     row = {
-        "cell": cell.id, "attack": config["attack"]["name"], "defense": config["defense"]["name"],
-        "dataset": config["dataset"]["name"], "model": config["model"]["name"],
-        "protocol": config["protocol"]["name"], "batch_size": config["batch_size"], "seed": seed,
-        "selection": config["selection"], "threat_model": threat, "distinct_labels": len(set(y.tolist())),
+        **_identity(cell, env), "distinct_labels": len(set(y.tolist())),
         **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc", "exact")},
         "lpips_source": summary["lpips_source"], "iterations": recon.iterations if recon else 0, "wall_s": wall,
         "status": status, "note": note, "extra": extra,
         "epsilon": cost["epsilon"], "delta": cost["delta"], "adjacency": cost["adjacency"], "bytes": cost["bytes"],
-        "attack_params": attack_cfg, "defense_params": defense_cfg,
-        "model_params": _params(config, "model"), "protocol_params": protocol_cfg,
-        **env.numerics, "hardware": numerics.hardware(env.device),
-        "versions": {"giabench": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "config": config,
     }
     shown = recon.images[order].cpu() if recon and recon.images is not None else torch.ones_like(x.cpu())
     grid = image_grid(x.cpu(), shown)
     return row, image_rows, grid
+
+
+def _identity(cell: Cell, env: Environment) -> dict:
+    """The columns that say which cell a row is and how it was computed."""
+    config = cell.config
+    return {
+        "cell": cell.id, "attack": config["attack"]["name"], "defense": config["defense"]["name"],
+        "dataset": config["dataset"]["name"], "model": config["model"]["name"],
+        "protocol": config["protocol"]["name"], "batch_size": config["batch_size"], "seed": config["seed"],
+        "selection": config["selection"], "threat_model": config["threat_model"],
+        "attack_params": _params(config, "attack"), "defense_params": _params(config, "defense"),
+        "model_params": _params(config, "model"), "protocol_params": _params(config, "protocol"),
+        **env.numerics, "hardware": numerics.hardware(env.device),
+        "versions": {"giabench": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "config": config,
+    }
+
+
+def run_cell_safely(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[dict], np.ndarray | None]:
+    """``run_cell``, with any failure inside the cell (an attack that raises, diverges to NaN, runs out of memory)
+    turned into a result with status ``failed`` and the reason, so the suite goes on."""
+    try:
+        return run_cell(cell, env, progress)
+    except Exception as exc:  # noqa: BLE001 -- one cell's failure is recorded, never the suite's end
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        return {**_identity(cell, env), "status": "failed", "note": reason.rstrip(": ")}, [], None
 
 
 def surrogate(imageset: data.ImageSet, private: torch.Tensor) -> torch.Tensor:
@@ -167,46 +227,115 @@ def _describe(settings: dict) -> str:
     return ", ".join(f"{k}={settings.get(k)}" for k in ("device", "threads", "dtype"))
 
 
-def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1, show_progress: bool = True) -> Store:
-    """Run every cell of ``suite`` that ``out`` does not hold yet; finished cells are stored as they complete."""
+def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1, show_progress: bool = True,
+              retry_failed: bool = False) -> Store:
+    """Run every cell of ``suite`` that ``out`` does not hold yet; each is stored as it finishes. The folder is held
+    by this process, belongs to one suite and one numerics setting; every cell to run is validated before the first
+    starts; a cell that fails is stored as ``failed`` and the suite goes on (``retry_failed`` runs those again).
+    Ctrl-C (KeyboardInterrupt) stops the workers and leaves every finished cell stored."""
+    out = Path(out)
     store = Store(out)
+    with exclusive(out):
+        _claim(out, suite, store, env)
+        if retry_failed:
+            store.forget("failed")
+        done = store.finished()
+        todo = [c for c in suite.cells if c.id not in done]
+        validate(todo, env)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(suite.cells), initial=len(suite.cells) - len(todo), desc=f"suite {suite.name}",
+                   unit="cell", disable=not show_progress, position=0)
+
+        def finish(cell: Cell, result) -> None:
+            row, images, grid = result
+            if grid is not None:
+                try:
+                    Image.fromarray(grid).save(out / "images" / f"{cell.id}.png")
+                except OSError as exc:
+                    raise GiabenchError(f"{out}: cannot write the image of cell {cell.id} ({exc.strerror}); the "
+                                        "cells stored before it are intact: free space, then rerun to resume") from None
+            row.update(suite=suite.name, image=f"images/{cell.id}.png" if grid is not None else "",
+                       finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+            store.write(row, images)
+            bar.update(1)
+
+        try:
+            if workers <= 1:
+                for cell in todo:
+                    total = attacks.get(cell.config["attack"]["name"])(**_params(cell.config, "attack")) \
+                        .planned_budget()
+                    with tqdm(total=total or None, desc=cell.label, unit="it", leave=False, position=1,
+                              disable=not show_progress) as inner:
+                        finish(cell, run_cell_safely(cell, env, inner.update))
+            else:
+                _run_in_pool(todo, env, workers, finish)
+        finally:
+            bar.close()
+    return store
+
+
+def _claim(out: Path, suite: Suite, store: Store, env: Environment) -> None:
+    """A run folder holds one suite (by its source: a packaged name or a file's path) under one numerics setting;
+    ``suite.json`` records which (rewritten only when it changes, so a finished run in a read-only folder resumes)."""
     stored = store.numerics()
     if stored and stored != [env.numerics]:
         found = "; ".join(_describe(n) for n in stored)
         raise GiabenchError(f"{out} holds cells computed with {found}; this run would use {_describe(env.numerics)}. "
                             "Results under other numerics are other measurements: rerun with the same --threads and "
                             "--device, or use another --out")
-    (Path(out) / "suite.json").write_text(json.dumps(
-        {"name": suite.name, "description": suite.description, "source": suite.source,
-         "cells": [c.id for c in suite.cells]}, indent=1))
-    done = store.finished()
-    todo = [c for c in suite.cells if c.id not in done]
-    from tqdm import tqdm
+    source = str(Path(suite.source).resolve()) if Path(suite.source).is_file() else suite.source
+    record = out / "suite.json"
+    previous = _read_json(record)
+    if stored and previous and previous.get("origin", source) != source:
+        raise GiabenchError(f"{out} holds suite {previous.get('name')!r} from {previous.get('origin')}; this is suite "
+                            f"{suite.name!r} from {source}: use another --out")
+    text = json.dumps({"name": suite.name, "description": suite.description, "source": suite.source,
+                       "origin": source, "cells": [c.id for c in suite.cells]}, indent=1)
+    if not record.is_file() or record.read_text(encoding="utf-8") != text:
+        try:
+            record.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise GiabenchError(f"{record}: cannot write it ({exc.strerror})") from None
 
-    bar = tqdm(total=len(suite.cells), initial=len(suite.cells) - len(todo), desc=f"suite {suite.name}",
-               unit="cell", disable=not show_progress, position=0)
 
-    def finish(cell: Cell, result) -> None:
-        row, images, grid = result
-        image_path = Path(out) / "images" / f"{cell.id}.png"
-        Image.fromarray(grid).save(image_path)
-        row.update(suite=suite.name, image=f"images/{cell.id}.png",
-                   finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
-        store.write(row, images)
-        bar.update(1)
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
-    if workers <= 1:
-        for cell in todo:
-            total = attacks.get(cell.config["attack"]["name"])(**_params(cell.config, "attack")).planned_budget()
-            with tqdm(total=total or None, desc=cell.label, unit="it", leave=False, position=1,
-                      disable=not show_progress) as inner:
-                finish(cell, run_cell(cell, env, inner.update))
-    else:
-        import multiprocessing
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_cell, cell, env): cell for cell in todo}
-            for future in as_completed(futures):
-                finish(futures[future], future.result())
-    bar.close()
-    return store
+def _run_in_pool(todo: list[Cell], env: Environment, workers: int, finish) -> None:
+    """Cells in ``workers`` spawned processes; the driver alone writes the store. On any interruption the workers
+    are terminated; a worker outlives a killed driver by at most a second (``_watch_parent``)."""
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(run_cell_safely, cell, env): cell for cell in todo}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                raise GiabenchError("a worker process died (out of memory?); the finished cells are stored: rerun "
+                                    "to resume, with fewer --workers") from None
+            finish(futures[future], result)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise
+    pool.shutdown()
+
+
+def _worker_start(parent: int) -> None:
+    """In a worker: leave Ctrl-C to the driver (which stops the workers) and exit when the driver is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)

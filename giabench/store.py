@@ -2,13 +2,16 @@
 
 A cell's rows are written in one transaction after the cell has finished, so a run killed at any moment holds only
 whole cells, and a rerun skips every cell whose id is already stored. Reconstruction grids are PNG files beside the
-database, written before the transaction commits.
+database, written before the transaction commits. One process at a time runs in a folder (``exclusive``); a full disk
+or a folder that is not a run folder is reported in one line, and what was stored stays intact.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -40,9 +43,20 @@ class Store:
         path = self.dir / DB_NAME
         if not create and not path.is_file():
             raise GiabenchError(f"{run_dir}: no {DB_NAME} here; is it a giabench run folder?")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "images").mkdir(exist_ok=True)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise GiabenchError(f"{run_dir}: is a file, not a run folder")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "images").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise GiabenchError(f"{run_dir}: cannot create the run folder ({exc.strerror})") from None
         self.path = path
+        try:
+            self._create_tables()
+        except sqlite3.DatabaseError as exc:
+            raise GiabenchError(f"{path}: not a giabench results database ({exc})") from None
+
+    def _create_tables(self) -> None:
         with self._connect() as db:
             cells = ", ".join(f"{k} {v}" for k, v in CELL_COLUMNS.items())
             images = ", ".join(f"{k} {v}" for k, v in IMAGE_COLUMNS.items())
@@ -54,7 +68,7 @@ class Store:
                     db.execute(f"ALTER TABLE cells ADD COLUMN {column} {CELL_COLUMNS[column]}")
                 present |= set(ADDED_COLUMNS)
             if not set(CELL_COLUMNS) <= present:
-                raise GiabenchError(f"{path}: not a giabench results database (columns differ)")
+                raise GiabenchError(f"{self.path}: not a giabench results database (columns differ)")
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -84,8 +98,19 @@ class Store:
                 for image in images:
                     values = [_clean(image.get(k)) if k != "cell" else row["cell"] for k in IMAGE_COLUMNS]
                     db.execute(f"INSERT INTO images VALUES ({', '.join('?' * len(values))})", values)
+        except sqlite3.Error as exc:
+            raise GiabenchError(f"{self.path}: cannot store cell {row['cell']} ({exc}); the cells stored before it "
+                                "are intact: free space or fix the folder, then rerun to resume") from None
         finally:
             db.close()
+
+    def forget(self, status: str) -> list[str]:
+        """Delete the cells with ``status`` (and their images) so that a rerun computes them again."""
+        with self._connect() as db:
+            cells = [row[0] for row in db.execute("SELECT cell FROM cells WHERE status = ?", (status,))]
+            db.executemany("DELETE FROM images WHERE cell = ?", [(c,) for c in cells])
+            db.execute("DELETE FROM cells WHERE status = ?", (status,))
+        return cells
 
     def cells(self) -> pd.DataFrame:
         with self._connect() as db:
@@ -101,3 +126,35 @@ def _clean(value):
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
     return value
+
+
+@contextmanager
+def exclusive(run_dir: Path):
+    """Hold ``run_dir`` for this process (an advisory lock on ``.lock``, released when the process ends, however it
+    ends); another process on the same folder is refused with the holder's pid. A folder that cannot take a lock
+    file (read-only) is used without one: nothing can be written there anyway."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        yield
+        return
+    try:
+        handle = open(run_dir / ".lock", "a+", encoding="utf-8")  # noqa: SIM115 -- held for the whole run
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise GiabenchError(f"{run_dir} is in use by {holder}; wait for it to finish or use another --out") \
+                from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

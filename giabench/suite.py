@@ -23,7 +23,7 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import yaml
 
 from giabench import __version__, data, protocols, threats
 from giabench.errors import ConfigError
-from giabench.models import MODES
+from giabench.models import MODES, check_state
 from giabench.registry import attacks, defenses, models
 
 COMPONENTS = ("dataset", "model", "protocol", "defense", "attack")
@@ -75,6 +75,11 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 class Cell:
     config: dict
     id: str
+    where: dict = field(default_factory=dict, compare=False)  # field -> "file:line" it came from (for errors)
+
+    def at(self, key: str, parameter: str | None = None) -> str:
+        """Where ``key``'s value (or its ``parameter``) was written: ``file:line``, else the suite's source."""
+        return (self.where.get(f"{key}.{parameter}") or self.where.get(key) or self.where.get("", "<suite>"))
 
     @property
     def label(self) -> str:
@@ -124,16 +129,21 @@ def _read(spec: str) -> tuple[str, str]:
     return (resources.files("giabench") / "suites" / f"{spec}.yaml").read_text(), spec
 
 
-def load(spec: str) -> Suite:
-    """Read a packaged suite by name or a YAML file by path, validate it and expand its grid into cells."""
-    text, source = _read(spec)
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML with safe types only, duplicate keys refused and mapping keys' lines kept; errors name the line."""
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader subclasses yaml.SafeLoader
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader subclasses yaml.SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: malformed YAML: {problem}") from exc
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+
+
+def load(spec: str) -> Suite:
+    """Read a packaged suite by name or a YAML file by path, validate it and expand its grid into cells."""
+    text, source = _read(spec)
+    doc = parse_yaml(text, source)
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: a suite is a mapping with keys name, description, defaults, grid")
     return expand(doc, source)
@@ -173,8 +183,11 @@ def expand(doc: dict, source: str = "<suite>") -> Suite:
             raw = dict(base)
             for key, value, where in combo:
                 raw[key] = _merge(base.get(key), value, key, where)
-            config = resolve(raw, {**default_wheres, **{key: where for key, _, where in combo}}, source)
-            cell = Cell(config, cell_id(config))
+            wheres = {**default_wheres, **{key: where for key, _, where in combo}}
+            config = resolve(raw, wheres, source)
+            parameters = {f"{key}.{p}": f"{source}:{line}" for key in COMPONENTS
+                          for p, line in getattr(raw[key], "lines", {}).items() if p != "__self__"}
+            cell = Cell(config, cell_id(config), {"": source, **wheres, **parameters})
             if cell.id not in seen:
                 seen.add(cell.id)
                 cells.append(cell)
@@ -204,9 +217,9 @@ def _with_lines(mapping: dict, *sources: Any) -> _Located:
     return located
 
 
-def _field_where(mapping: Any, field: str | None, where: str, source: str) -> str:
-    """The line of parameter ``field`` inside a component's mapping, else ``where`` (the component's line)."""
-    line = getattr(mapping, "lines", {}).get(field) if field else None
+def _field_where(mapping: Any, parameter: str | None, where: str, source: str) -> str:
+    """The line of ``parameter`` inside a component's mapping, else ``where`` (the component's line)."""
+    line = getattr(mapping, "lines", {}).get(parameter) if parameter else None
     return f"{source}:{line}" if line else where
 
 
@@ -257,8 +270,7 @@ def _resolve_component(key: str, name: str, params: dict) -> dict:
         return protocols.resolve_params(name, params, f"protocol {name}")
     if key == "model":
         state, mode = params.pop("state", "untrained"), params.pop("mode", "eval")
-        if not isinstance(state, str):
-            raise ConfigError(f"model {name}: state must be a string such as untrained or trained:500")
+        check_state(state, f"model {name}")
         if mode not in MODES:
             raise ConfigError(f"model {name}: mode must be one of {', '.join(MODES)}, got {mode!r}")
         return {"state": state, "mode": mode, **models.resolve(name, params, f"model {name}")}

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
 from giabench import data, models, numerics, protocols
 from giabench.defenses import diff2 as diff2_module
@@ -52,10 +51,16 @@ class UtilityConfig:
 
 def load_config(path: str | Path) -> UtilityConfig:
     """A utility YAML file (``yaml.safe_load``); unknown keys and bad values are named."""
+    from giabench.suite import parse_yaml
+
+    if Path(path).is_dir():
+        raise ConfigError(f"utility config {path}: is a directory, not a YAML file")
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"utility config {path}: cannot read it ({type(exc).__name__}: {exc})") from exc
+        raw = parse_yaml(Path(path).read_text(encoding="utf-8"), str(path)) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"utility config {path}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise ConfigError(f"utility config {path}: cannot read it ({exc.strerror})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"utility config {path}: expected a mapping at the top level")
     known = UtilityConfig.__dataclass_fields__

@@ -19,6 +19,7 @@ from giabench.errors import GiabenchError
 from giabench.utility import UTILITY_COLUMNS
 
 GROUP = ["defense", "defense_params", "dataset", "model", "batch_size"]
+NUMERIC = ["accuracy", "bytes_per_round", "wall_per_round_s", "epsilon", "delta", "clients", "rounds", "batch"]
 JOIN = ["defense", "defense_params", "dataset", "model"]
 
 
@@ -32,6 +33,14 @@ def read_utility(path: str | Path) -> pd.DataFrame:
     missing = [c for c in UTILITY_COLUMNS if c not in frame.columns]
     if missing:
         raise GiabenchError(f"utility table {path}: missing column {missing[0]!r}")
+    for column in NUMERIC:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & frame[column].notna()
+        if bad.any():
+            row = int(bad.idxmax())
+            raise GiabenchError(f"utility table {path}: row {row + 2}, column {column!r}: expected a number, got "
+                                f"{frame.loc[row, column]!r}")
+        frame[column] = values
     return frame
 
 

@@ -69,8 +69,9 @@ def test_checkpoint_with_code_is_refused(tmp_path):
 
 
 def test_bad_state_names_the_forms():
-    with pytest.raises(ConfigError, match="untrained, trained:N or checkpoint:PATH"):
-        models.build("lenet", {}, MNIST, "pretrained", seed=0)
+    for state in ("pretrained", "trained:abc", "trained:", "checkpoint:", 5):
+        with pytest.raises(ConfigError, match=r"state must be untrained, trained:N \(N whole SGD steps\) or "):
+            models.build("lenet", {}, MNIST, state, seed=0)
 
 
 def test_each_model_defaults_to_its_papers_init_and_others_are_options():
