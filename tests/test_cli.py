@@ -5,7 +5,7 @@ import textwrap
 import pytest
 import torch
 
-CLI = [sys.executable, "-m", "giabench.cli"]
+CLI = [sys.executable, "-m", "giabench"]
 
 
 def _run(*args, cwd=None):
@@ -88,3 +88,20 @@ def test_a_bad_model_init_is_named(tmp_path):
     path = _suite(tmp_path, "defaults: {model: {name: convnet, width: 4, init: glorot}, attack: {name: ig, "
                             "iterations: 1}}")
     _assert_one_line_error(_run("run", path, "--out", str(tmp_path / "r"), "--quiet"), "init must be one of")
+
+
+def test_every_option_has_help_and_the_version_is_printed(capsys):
+    import argparse
+
+    from giabench import __version__, cli
+
+    parser = cli._parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"giabench {name} {action.dest} has no help"
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"giabench {__version__}"
+    assert _run("--version").stdout.strip() == f"giabench {__version__}"  # python -m giabench
