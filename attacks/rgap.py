@@ -16,16 +16,30 @@ LeakyReLU, sigmoid, tanh or none.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import grad, jacfwd, vjp
+from torch.func import grad, vjp
+from torch.func import jacfwd as _jacfwd
 
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import Attack, Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
+
+
+def jacfwd(function):
+    """``torch.func.jacfwd``, without the FutureWarning torch's forward-mode internals raise about their own use of
+    ``torch.jit.script`` when first imported (nothing of ours is scripted)."""
+
+    def jacobian(x):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+            return _jacfwd(function)(x)
+
+    return jacobian
 
 ACTIVATIONS = (nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Identity)
 RANK_TOL = 1e-6  # singular values below this fraction of the largest count as zero (float32 messages carry ~1e-7)
