@@ -70,11 +70,18 @@ class Store:
             if not set(CELL_COLUMNS) <= present:
                 raise GiabenchError(f"{self.path}: not a giabench results database (columns differ)")
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextmanager
+    def _connect(self):
+        """A connection that commits when the block succeeds, rolls back when it raises, and is always closed."""
         try:
-            return sqlite3.connect(self.path, timeout=30)
+            db = sqlite3.connect(self.path, timeout=30)
         except sqlite3.Error as exc:
             raise GiabenchError(f"{self.path}: cannot open results database ({exc})") from exc
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
 
     def finished(self) -> set[str]:
         with self._connect() as db:
@@ -90,9 +97,8 @@ class Store:
     def write(self, row: dict, images: list[dict]) -> None:
         """Insert one finished cell and its images atomically."""
         row = {k: _clean(row.get(k)) for k in CELL_COLUMNS}
-        db = self._connect()
         try:
-            with db:
+            with self._connect() as db:
                 db.execute(f"INSERT INTO cells ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                            list(row.values()))
                 for image in images:
@@ -101,8 +107,6 @@ class Store:
         except sqlite3.Error as exc:
             raise GiabenchError(f"{self.path}: cannot store cell {row['cell']} ({exc}); the cells stored before it "
                                 "are intact: free space or fix the folder, then rerun to resume") from None
-        finally:
-            db.close()
 
     def forget(self, status: str) -> list[str]:
         """Delete the cells with ``status`` (and their images) so that a rerun computes them again."""

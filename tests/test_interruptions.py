@@ -180,6 +180,11 @@ def _tmpfs(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+def _unmount(path: Path) -> None:
+    if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(path)], check=True)  # still busy: detach it now, free it when unused
+
+
 FOUR = "defaults: {dataset: mnist-sample, model: {name: mlp, width: 8}, attack: {name: ig, iterations: 1}}\n" \
        "grid: {seed: [0, 1, 2, 3]}\n"
 
@@ -197,7 +202,7 @@ def test_a_finished_run_on_a_read_only_file_system_resumes(tmp_path, capsys):
         captured = capsys.readouterr()
         assert "cannot write the leaderboard" in captured.err and "PSNR" in captured.out
     finally:
-        subprocess.run(["umount", str(mount)])
+        _unmount(mount)
 
 
 def test_a_read_only_leaderboard_is_a_warning_when_simulated(tmp_path, capsys, monkeypatch):
@@ -232,7 +237,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_stored_cells_resume(tmp_p
         subprocess.run(["mount", "-o", "remount,size=8m", str(mount)], check=True)
         assert cli.main(["run", suite, "--out", str(out), "--quiet"]) == 0 and _stored(out) == 20 > stored
     finally:
-        subprocess.run(["umount", str(mount)])
+        _unmount(mount)
 
 
 def test_a_full_disk_when_simulated(tmp_path, capsys, monkeypatch):
