@@ -165,7 +165,7 @@ def _run_cell(cell: Cell, env: Environment, progress) -> tuple[dict, list[dict],
         **_identity(cell, env), "distinct_labels": len(set(y.tolist())),
         **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc", "exact")},
         "lpips_source": summary["lpips_source"], "iterations": recon.iterations if recon else 0, "wall_s": wall,
-        "status": status, "note": note, "extra": extra,
+        "status": status, "note": note, "extra": extra, "trace": [float(v) for v in recon.trace] if recon else [],
         "epsilon": cost["epsilon"], "delta": cost["delta"], "adjacency": cost["adjacency"], "bytes": cost["bytes"],
     }
     shown = recon.images[order].cpu() if recon and recon.images is not None else torch.ones_like(x.cpu())

@@ -27,10 +27,10 @@ CELL_COLUMNS = {
     "bytes": "INTEGER", "attack_params": "TEXT", "defense_params": "TEXT", "model_params": "TEXT",
     "protocol_params": "TEXT", "selection": "TEXT", "threat_model": "TEXT", "lpips_source": "TEXT", "device": "TEXT",
     "versions": "TEXT", "config": "TEXT", "image": "TEXT", "finished_at": "TEXT", "status": "TEXT", "note": "TEXT",
-    "extra": "TEXT", "hardware": "TEXT", "threads": "INTEGER", "dtype": "TEXT", "adjacency": "TEXT",
+    "extra": "TEXT", "hardware": "TEXT", "threads": "INTEGER", "dtype": "TEXT", "adjacency": "TEXT", "trace": "TEXT",
 }
 # added after the first release; older run folders gain them empty
-ADDED_COLUMNS = ("status", "note", "extra", "hardware", "threads", "dtype", "adjacency")
+ADDED_COLUMNS = ("status", "note", "extra", "hardware", "threads", "dtype", "adjacency", "trace")
 IMAGE_COLUMNS = {
     "cell": "TEXT", "image": "INTEGER", "matched": "INTEGER", "label": "INTEGER", "label_pred": "INTEGER",
     "mse": "REAL", "psnr": "REAL", "ssim": "REAL", "lpips": "REAL",

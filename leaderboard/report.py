@@ -1,117 +1,291 @@
-"""A static, self-contained HTML leaderboard: the ranking, then every cell with its reconstruction grid inline.
+"""A self-contained HTML report of a run folder, rendered by a Jinja2 template with autoescaping.
 
-Every string from the run (names, parameters, paths) is HTML-escaped; images are embedded as base64 PNG data so the
-page is one file. Clicking a column header sorts the table by it.
+What a reader sees, in order:
+- per (dataset, model, protocol, batch size) an attack x defense-setting matrix: mean PSNR over seeds with its
+  standard deviation and seed count, SSIM and LPIPS beside it, coloured by leakage (green: little, red: much), the
+  worst-case attack per defense, and each defense's cost (epsilon with delta and adjacency, bytes, and the accuracy of
+  a utility run on the same data and model when one is given);
+- the plots: privacy against utility (with a utility run) and PSNR against epsilon for the DP defenses;
+- galleries: per (attack, defense) the best, median and worst reconstruction beside its original, 96 px and up (a
+  click enlarges);
+- the ranking, the label track and every cell, each with its own anchor: configuration, scores, objective trace and
+  the attack's own report (R-GAP's ranks, GIFD's chosen stage, ...).
+Every string from the run is escaped; images are inline PNG data and plots inline SVG, so the page is one file that
+needs no network. Every table sorts by a click on a header; a filter box hides the rows that do not match.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import json
 import math
 from pathlib import Path
 
 import pandas as pd
+from jinja2 import Environment, PackageLoader
+from markupsafe import Markup
 
-from giabench.leaderboard import tables
-from giabench.leaderboard.tables import ranking
+from giabench.errors import GiabenchError
+from giabench.leaderboard import gallery, plots, tables
+from giabench.protocols import PROTOCOL_DEFAULTS
+from giabench.registry import registry
+from giabench.store import Store
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin-bottom:2em}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}
-th{background:#f0f0f0;cursor:pointer;user-select:none}
-td.t{text-align:left}
-img{image-rendering:pixelated;height:80px}
-img.plot{image-rendering:auto;height:480px}
-"""
-_SORT = """
-document.querySelectorAll('table.sortable th').forEach(function(th, col){
-  th.addEventListener('click', function(){
-    var body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
-    var dir = th.dataset.dir === 'asc' ? -1 : 1; th.dataset.dir = dir === 1 ? 'asc' : 'desc';
-    rows.sort(function(a, b){
-      var x = a.cells[col].dataset.v ?? a.cells[col].textContent;
-      var y = b.cells[col].dataset.v ?? b.cells[col].textContent;
-      var fx = parseFloat(x), fy = parseFloat(y);
-      if (!isNaN(fx) && !isNaN(fy)) return dir * (fx - fy);
-      return dir * x.localeCompare(y);
-    });
-    rows.forEach(function(r){ body.appendChild(r); });
-  });
-});
-"""
+GROUP = ["dataset", "model", "model_params", "protocol", "protocol_params", "batch_size"]
+INTEGER_COLUMNS = {"batch_size", "seed", "iterations", "bytes", "cells", "not_applicable", "failed", "rank"}
+DP_DEFENSES = ("dp-sgd", "diff2", "sketch")
+COLUMN_NAMES = {"iterations": "budget", "batch_size": "B", "label_acc": "label acc", "label_set_acc": "label set acc",
+                "not_applicable": "n/a", "threat_model": "threat"}
 
 
-def _cell(value, fmt: str = "{:.3f}") -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return '<td data-v="NaN">n/a</td>'
-        text = "inf" if math.isinf(value) else fmt.format(value)
-        return f'<td data-v="{value}">{html.escape(text)}</td>'
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        return f'<td data-v="{value}">{value}</td>'
-    return f'<td class="t">{html.escape(str(value))}</td>'
+def number(value, digits: int = 3) -> str:
+    """Integers as integers, other floats to ``digits`` significant decimals; n/a and inf spelled out."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = round(float(value), digits) + 0.0  # + 0.0 turns -0.0 into 0.0
+        return str(int(value)) if value.is_integer() else f"{value:.{digits}f}".rstrip("0")
+    return str(value)
 
 
-HEADERS = {"iterations": "budget (update evaluations)"}
+def parameters(kind: str, name: str, params: str, changed_only: bool = True) -> str:
+    """``k=v, ...``: the parameters of a component (only those that differ from its defaults, by default)."""
+    try:
+        items = json.loads(params) if isinstance(params, str) and params else {}
+    except ValueError:  # not the JSON giabench writes: show it as it is (escaped by the template)
+        return str(params)
+    if not isinstance(items, dict):
+        return str(params)
+    defaults = {"state": "untrained", "mode": "eval"}
+    try:
+        defaults.update(PROTOCOL_DEFAULTS.get(name, {}) if kind == "protocol" else registry(kind).defaults(name))
+    except GiabenchError:  # a component whose package is not installed here
+        pass
+    shown = {k: v for k, v in items.items() if not changed_only or defaults.get(k) != v}
+    return ", ".join(f"{k}={number(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v}"
+                     for k, v in shown.items())
 
 
-def _table(frame: pd.DataFrame, columns: list[str], extra=None) -> str:
-    head = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in columns)
-    head += f"<th>{extra[0]}</th>" if extra else ""
+def label(kind: str, name: str, params: str) -> str:
+    shown = parameters(kind, name, params)
+    return f"{name} ({shown})" if shown else name
+
+
+def leakage_colour(psnr: float | None, label_acc: float | None = None) -> str:
+    """A background from green (PSNR 10 dB or less) to red (35 dB or more); label accuracy for label-only cells."""
+    if psnr is not None and math.isfinite(psnr):
+        t = min(max((psnr - 10) / 25, 0.0), 1.0)
+    elif label_acc is not None and math.isfinite(label_acc):
+        t = label_acc
+    else:
+        return "#eeeeee"
+    return f"hsl({120 * (1 - t):.0f}, 65%, 82%)"
+
+
+def _stats(cells: pd.DataFrame) -> dict:
+    ok = cells[cells["status"] == "ok"]
+    out = {"n": len(ok), "not_applicable": int((cells["status"] == "not-applicable").sum()),
+           "failed": int((cells["status"] == "failed").sum())}
+    for metric in ("psnr", "ssim", "lpips", "label_acc", "exact"):
+        values = pd.to_numeric(ok[metric], errors="coerce").dropna()
+        out[metric] = float(values.mean()) if len(values) else None
+        out[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
+    return out
+
+
+def _cost(cells: pd.DataFrame, accuracy: float | None) -> dict:
+    first = cells.iloc[0]
+    epsilon = float(first["epsilon"]) if pd.notna(first["epsilon"]) else math.inf
+    adjacency = first["adjacency"] if isinstance(first["adjacency"], str) else ""
+    text = "inf (no DP)" if math.isinf(epsilon) else f"{number(epsilon, 2)} (δ={first['delta']:g}, {adjacency})"
+    return {"epsilon": text, "bytes": number(first["bytes"]) if pd.notna(first["bytes"]) else "n/a",
+            "accuracy": number(accuracy, 3) if accuracy is not None else ""}
+
+
+def _matrices(frame: pd.DataFrame, tradeoff: pd.DataFrame | None) -> list[dict]:
+    out = []
+    for key, group in frame.groupby(GROUP, sort=False, dropna=False):
+        head = dict(zip(GROUP, key, strict=True))
+        attacks = list(dict.fromkeys(zip(group["attack"], group["attack_params"], strict=True)))
+        defenses = sorted(dict.fromkeys(zip(group["defense"], group["defense_params"], strict=True)),
+                          key=lambda d: (d[0] != "none", d[0], d[1]))
+        rows, worst, costs = [], {}, []
+        for attack in attacks:
+            row = []
+            for defense in defenses:
+                part = group[(group["attack"] == attack[0]) & (group["attack_params"] == attack[1])
+                             & (group["defense"] == defense[0]) & (group["defense_params"] == defense[1])]
+                stats = _stats(part) if len(part) else None
+                if stats and stats["psnr"] is not None and stats["psnr"] > worst.get(defense, ("", -1.0))[1]:
+                    worst[defense] = (label("attacks", *attack), stats["psnr"])
+                row.append({"stats": stats, "colour": leakage_colour(stats and stats["psnr"],
+                                                                     stats and stats["label_acc"]),
+                            "anchor": f"g-{_slug(head, attack, defense)}" if stats and stats["n"] else ""})
+            rows.append({"label": label("attacks", *attack), "cells": row})
+        for defense in defenses:
+            part = group[(group["defense"] == defense[0]) & (group["defense_params"] == defense[1])]
+            costs.append(_cost(part, _accuracy(tradeoff, head, defense)))
+        out.append({"title": f"{head['dataset']} · {label('models', head['model'], head['model_params'])} · "
+                             f"{label('protocol', head['protocol'], head['protocol_params'])} · B={head['batch_size']}",
+                    "defenses": [label("defenses", *d) for d in defenses], "rows": rows, "costs": costs,
+                    "worst": [worst.get(d) for d in defenses], "key": head, "attack_keys": attacks,
+                    "defense_keys": defenses})
+    return out
+
+
+def _accuracy(tradeoff: pd.DataFrame | None, head: dict, defense: tuple[str, str]) -> float | None:
+    if tradeoff is None or tradeoff.empty:
+        return None
+    match = tradeoff[(tradeoff["defense"] == defense[0]) & (tradeoff["defense_params"] == defense[1])
+                     & (tradeoff["dataset"] == head["dataset"]) & (tradeoff["model"] == head["model"])
+                     & (tradeoff["batch_size"] == head["batch_size"])]["accuracy"].dropna()
+    return float(match.iloc[0]) if len(match) else None
+
+
+def _slug(head: dict, attack: tuple, defense: tuple) -> str:
+    import hashlib
+
+    text = json.dumps([head, attack, defense], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _galleries(frame: pd.DataFrame, images: pd.DataFrame, run_dir: Path, matrices: list[dict]) -> list[dict]:
+    out = []
+    for matrix in matrices:
+        head = matrix["key"]
+        group = frame
+        for column in GROUP:
+            group = group[group[column] == head[column]]
+        for attack in matrix["attack_keys"]:
+            for defense in matrix["defense_keys"]:
+                part = group[(group["attack"] == attack[0]) & (group["attack_params"] == attack[1])
+                             & (group["defense"] == defense[0]) & (group["defense_params"] == defense[1])
+                             & (group["status"] == "ok")]
+                rows = images[images["cell"].isin(part["cell"])].merge(part[["cell", "image", "seed"]].rename(
+                    columns={"image": "grid"}), on="cell")
+                tiles = []
+                for name, pick in gallery.picks(rows):
+                    pair = gallery.pair(run_dir, pick["grid"], int(head["batch_size"]), int(pick["image"]))
+                    if pair:
+                        tiles.append({"name": name, "original": pair[0], "recon": pair[1], "cell": pick["cell"],
+                                      "id": f"z-{pick['cell']}-{int(pick['image'])}", "seed": int(pick["seed"]),
+                                      "image": int(pick["image"]), "psnr": number(pick["psnr"], 2),
+                                      "ssim": number(pick["ssim"], 3)})
+                if tiles:
+                    out.append({"anchor": f"g-{_slug(head, attack, defense)}", "tiles": tiles,
+                                "title": f"{label('attacks', *attack)} vs {label('defenses', *defense)} — "
+                                         f"{matrix['title']}"})
+    return out
+
+
+def _grid(run_dir: Path, relative) -> str:
+    path = (run_dir / str(relative)).resolve()
+    if not isinstance(relative, str) or not relative or not path.is_file() or run_dir.resolve() not in path.parents:
+        return ""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _details(frame: pd.DataFrame, run_dir: Path) -> list[dict]:
+    """Every cell: its configuration, scores, trace and attack report (trace and report read from the store)."""
+    try:
+        stored = Store(run_dir, create=False).cells().set_index("cell")
+    except GiabenchError:
+        stored = pd.DataFrame()
+    out = []
+    for _, row in frame.iterrows():
+        extra = stored["extra"].get(row["cell"]) if "extra" in stored else None
+        trace = stored["trace"].get(row["cell"]) if "trace" in stored else None
+        out.append({
+            "id": row["cell"], "title": f"{row['attack']} vs {row['defense']} on {row['model']}/{row['dataset']} "
+                                        f"B={number(row['batch_size'])} seed={number(row['seed'])}",
+            "config": [(kind, row[kind], parameters(plural, row[kind], row[f"{kind}_params"], changed_only=False))
+                       for kind, plural in (("attack", "attacks"), ("defense", "defenses"), ("model", "models"),
+                                            ("protocol", "protocol"))],
+            "scores": [(COLUMN_NAMES.get(k, k), number(row[k], 3)) for k in
+                       ("psnr", "ssim", "lpips", "label_acc", "exact", "iterations", "epsilon", "bytes", "wall_s")],
+            "status": row["status"], "note": row["note"] if isinstance(row["note"], str) else "",
+            "extra": json.dumps(json.loads(extra), indent=1) if isinstance(extra, str) and extra not in ("", "{}")
+            else "",
+            "spark": Markup(plots.sparkline(json.loads(trace))) if isinstance(trace, str) and trace else "",
+            "grid": _grid(run_dir, row["image"]),
+            "numerics": f"{row['device']}, {number(row['threads'])} thread(s), {row['dtype']}, {row['hardware']}",
+        })
+    return out
+
+
+def _table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> dict:
+    """Headers and rows (text, sort key) of a sortable table; ``columns``: (column, kind) with kind attack, defense,
+    model, protocol (shown with their changed parameters), or a format (int, 2, 3, text)."""
+    head = [COLUMN_NAMES.get(c, c) for c, _ in columns]
     rows = []
     for _, row in frame.iterrows():
-        cells = "".join(_cell(row[c]) for c in columns)
-        if extra:
-            cells += f'<td class="t">{extra[1](row)}</td>'
-        rows.append(f"<tr>{cells}</tr>")
-    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        cells = []
+        for column, kind in columns:
+            value = row[column]
+            if kind in ("attacks", "defenses", "models", "protocol"):
+                text = label(kind, value, row[f"{column}_params"])
+                cells.append((text, text))
+            elif kind == "text":
+                cells.append(("" if pd.isna(value) else str(value), "" if pd.isna(value) else str(value)))
+            else:
+                numeric = pd.to_numeric(value, errors="coerce")
+                key = "" if pd.isna(numeric) else (1e300 if math.isinf(numeric) else float(numeric))
+                cells.append((number(numeric, 0 if kind == "int" else int(kind)), key))
+        rows.append(cells)
+    return {"head": head, "rows": rows}
 
 
-def _image(run_dir: Path, relative: str, alt: str = "originals (top) and reconstructions (bottom)") -> str:
-    path = (run_dir / str(relative)).resolve()
-    if not path.is_file() or run_dir.resolve() not in path.parents:
-        return "missing"
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def _points(frame: pd.DataFrame, tradeoff: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    scored = frame[(frame["status"] == "ok") & frame["psnr"].notna()]
+    by_setting = scored.groupby(["attack", "attack_params", "defense", "defense_params", "dataset", "model",
+                                 "batch_size"], dropna=False).agg(psnr=("psnr", "mean"), epsilon=("epsilon", "first"))
+    eps = by_setting.reset_index()
+    eps["group"] = eps["dataset"] + ", " + eps["model"] + ", B=" + eps["batch_size"].astype(str)
+    eps["kind"] = eps["defense"].map(lambda d: "none" if d == "none" else "dp" if d in DP_DEFENSES else "other")
+    eps["attack"] = [label("attacks", a, p) for a, p in zip(eps["attack"], eps["attack_params"], strict=True)]
+    utility = pd.DataFrame(columns=["label", "accuracy", "psnr", "group"])
+    if tradeoff is not None and not tradeoff.empty:
+        utility = pd.DataFrame({
+            "label": [label("defenses", d, p) for d, p in zip(tradeoff["defense"], tradeoff["defense_params"],
+                                                              strict=True)],
+            "accuracy": tradeoff["accuracy"], "psnr": tradeoff["psnr"],
+            "group": tradeoff["dataset"] + ", " + tradeoff["model"] + ", B=" + tradeoff["batch_size"].astype(str)})
+    return eps, utility
 
 
 def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str = "giabench leaderboard",
           tradeoff: pd.DataFrame | None = None) -> None:
+    """Render the report of ``frame`` (the run's cells) to ``path``; ``tradeoff``: the privacy-utility table."""
     run_dir = Path(run_dir)
-    rank = ranking(frame)
+    try:
+        images = Store(run_dir, create=False).images()
+    except GiabenchError:
+        images = pd.DataFrame(columns=["cell", "image", "psnr", "ssim"])
+    matrices = _matrices(frame, tradeoff)
+    eps_points, utility_points = _points(frame, tradeoff)
+    plot_list = [(name, Markup(svg)) for name, svg in (
+        ("Privacy against utility", plots.privacy_utility(utility_points)),
+        ("PSNR against epsilon", plots.psnr_epsilon(eps_points))) if svg]
+    rank = tables.ranking(frame)
     rank.insert(0, "rank", rank.index)
-    summary = _table(rank, ["rank", "attack", "attack_params", "defense", "defense_params", "dataset", "model",
-                            "protocol", "batch_size", "threat_model", "psnr", "ssim", "lpips", "iterations", "exact",
-                            "label_acc", "epsilon", "delta", "adjacency", "bytes", "cells"])
-    detail = _table(frame, ["attack", "defense", "defense_params", "dataset", "model", "protocol", "batch_size",
-                            "seed", "psnr", "ssim", "lpips", "iterations", "label_acc", "wall_s", "epsilon", "status",
-                            "note", "cell"],
-                    extra=("originals / reconstructions", lambda row: _image(run_dir, row["image"])))
     labels = tables.label_track(frame)
-    label_html = _table(labels, ["attack", "attack_params", "defense", "defense_params", "dataset", "model",
-                                 "model_params", "batch_size", "repeats", "label_acc", "label_set_acc", "cells"]) \
-        if len(labels) else "<p>none</p>"
-    source = html.escape(str(frame["lpips_source"].iloc[0])) if len(frame) else ""
-    trade_html = ""
-    if tradeoff is not None:
-        plot = _image(run_dir, "privacy_utility.png", "privacy against utility").replace("<img", '<img class="plot"')
-        columns = ["defense", "defense_params", "dataset", "model", "batch_size", "attack", "psnr", "ssim", "lpips",
-                   "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon_training", "delta_training",
-                   "adjacency_training", "epsilon_release"]
-        trade_html = f"<h2>Privacy against utility (worst-case attack per defense setting)</h2>{plot}" \
-                     f"{_table(tradeoff, columns)}"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>{_STYLE}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>{len(frame)} cells. PSNR and SSIM: higher means more leakage; LPIPS-alex: lower means more leakage
-({source}). A cell whose attack's preconditions fail is "not-applicable" (the note says why), never a
-privacy score. Epsilon is composed over everything the client released, at the delta and adjacency beside it
-(add-remove or replace-one of a record); inf for defenses without a DP guarantee. Click a header to sort.</p>
-<h2>Ranking (mean over seeds)</h2>{summary}
-{trade_html}
-<h2>Label inference (label_acc: label counts; label_set_acc: which classes are present)</h2>{label_html}
-<h2>Cells</h2>{detail}
-<script>{_SORT}</script></body></html>"""
+    environment = Environment(loader=PackageLoader("giabench.leaderboard", "templates"), autoescape=True)
+    page = environment.get_template("report.html.j2").render(
+        title=title, cells=len(frame), lpips_source=str(frame["lpips_source"].iloc[0]) if len(frame) else "",
+        matrices=matrices, plots=plot_list, galleries=_galleries(frame, images, run_dir, matrices),
+        ranking=_table(rank, [("rank", "int"), ("attack", "attacks"), ("defense", "defenses"), ("dataset", "text"),
+                              ("model", "models"), ("protocol", "protocol"), ("batch_size", "int"),
+                              ("threat_model", "text"), ("psnr", "2"), ("ssim", "3"), ("lpips", "3"),
+                              ("iterations", "int"), ("exact", "2"), ("label_acc", "2"), ("epsilon", "2"),
+                              ("delta", "text"), ("adjacency", "text"), ("bytes", "int"), ("cells", "int")]),
+        labels=_table(labels, [("attack", "attacks"), ("defense", "defenses"), ("dataset", "text"),
+                               ("model", "models"), ("batch_size", "int"), ("repeats", "text"), ("label_acc", "3"),
+                               ("label_set_acc", "3"), ("cells", "int")]) if len(labels) else None,
+        tradeoff=_table(tradeoff, [("defense", "defenses"), ("dataset", "text"), ("model", "text"),
+                                   ("batch_size", "int"), ("attack", "attacks"), ("psnr", "2"), ("accuracy", "3"),
+                                   ("bytes_per_round", "int"), ("epsilon_training", "2"), ("delta_training", "text"),
+                                   ("adjacency_training", "text")]) if tradeoff is not None and len(tradeoff) else None,
+        details=_details(frame, run_dir), colour=leakage_colour, number=number)
     Path(path).write_text(page, encoding="utf-8")

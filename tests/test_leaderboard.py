@@ -33,7 +33,10 @@ def test_html_report_escapes_and_embeds_images(run_dir, tmp_path):
     report.write(frame, run_dir, tmp_path / "r.html", title="<b>t</b>")
     page = (tmp_path / "r.html").read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page and "&lt;b&gt;t&lt;/b&gt;" in page
-    assert page.count("data:image/png;base64,") == 5  # the path outside the run folder is not read
+    assert page.count('class="grid" src="data:image/png;base64,') == 5  # the path outside the run folder is not read
+    assert '<meta name="viewport"' in page and page.count('class="sortable filterable"') == 2
+    assert page.count('<table class="matrix">') == 1 and "±" in page and 'class="tiles"' in page
+    assert "200.000" not in page and ">20<" in page  # integers as integers (the budget)
 
 
 def test_gate_summarizes_each_setting_over_its_seeds(run_dir):

@@ -1,0 +1,99 @@
+"""Plots for the report as inline SVG: privacy against utility, PSNR against epsilon, and an objective sparkline.
+
+Text is drawn as glyph paths (matplotlib's ``svg.fonttype = "path"``), so names from a run never reach the page as
+markup. Matplotlib renders off-screen (Agg); nothing is shown or downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pandas as pd
+
+FONT = 11
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "path", "font.size": FONT, "axes.titlesize": FONT + 1})
+    return plt, *plt.subplots(figsize=(width, height))
+
+
+def _svg(plt, fig) -> str:
+    buffer = io.StringIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside the HTML
+
+
+def privacy_utility(points: pd.DataFrame) -> str | None:
+    """Worst-case PSNR (y) against test accuracy (x), one labelled point per defense setting; ``points`` has columns
+    label, accuracy, psnr, group."""
+    points = points.dropna(subset=["accuracy", "psnr"])
+    if points.empty:
+        return None
+    plt, fig, ax = _figure(7.5, 4.8)
+    for group, part in points.groupby("group", sort=False):
+        ax.scatter(part["accuracy"], part["psnr"], s=36, label=group)
+        for _, row in part.iterrows():
+            ax.annotate(row["label"], (row["accuracy"], row["psnr"]), xytext=(4, 3), textcoords="offset points",
+                        fontsize=FONT - 1)
+    ax.set_xlabel("test accuracy after federated training (giabench utility)")
+    ax.set_ylabel("worst-case PSNR over attacks (dB)")
+    ax.set_title("Privacy against utility: lower and further right is better")
+    ax.grid(alpha=0.3)
+    _legend_below(fig, ax)
+    return _svg(plt, fig)
+
+
+def psnr_epsilon(points: pd.DataFrame) -> str | None:
+    """Mean PSNR (y) against epsilon (x, log scale) for DP defenses, one line per (attack, defense, group); the
+    undefended PSNR of the same attack as a dashed line. ``points``: attack, defense, group, epsilon, psnr, kind
+    ("dp" or "none")."""
+    dp = points[(points["kind"] == "dp") & points["epsilon"].map(lambda e: math.isfinite(e) and e > 0)]
+    if dp.empty:
+        return None
+    plt, fig, ax = _figure(7.5, 4.8)
+    for (attack, defense, group), part in dp.groupby(["attack", "defense", "group"], sort=False):
+        part = part.sort_values("epsilon")
+        line, = ax.plot(part["epsilon"], part["psnr"], marker="o", label=f"{attack} vs {defense} ({group})")
+        clear = points[(points["kind"] == "none") & (points["attack"] == attack) & (points["group"] == group)]
+        if len(clear):
+            ax.axhline(float(clear["psnr"].iloc[0]), color=line.get_color(), linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("epsilon (composed over the client's releases; dashed: no defense)")
+    ax.set_ylabel("mean PSNR over seeds (dB)")
+    ax.set_title("Leakage against the privacy budget")
+    ax.grid(alpha=0.3)
+    _legend_below(fig, ax)
+    return _svg(plt, fig)
+
+
+def _legend_below(fig, ax) -> None:
+    """The legend under the axes, one entry a line, the figure grown to hold it."""
+    entries = len(ax.get_legend_handles_labels()[0])
+    fig.set_figheight(fig.get_figheight() + 0.22 * entries)
+    ax.legend(fontsize=FONT - 1, loc="upper left", bbox_to_anchor=(0, -0.16), frameon=False)
+
+
+def sparkline(values: list[float], width: int = 160, height: int = 36) -> str:
+    """A polyline of ``values`` (log scale when all are positive), first value left; no axes."""
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < 2:
+        return ""
+    logs = all(v > 0 for v in finite)
+    ys = [math.log10(v) if logs else v for v in finite]
+    low, high = min(ys), max(ys)
+    span = (high - low) or 1.0
+    points = " ".join(f"{i * (width - 2) / (len(ys) - 1) + 1:.1f},{height - 1 - (y - low) / span * (height - 2):.1f}"
+                      for i, y in enumerate(ys))
+    return (f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="objective along the run"><polyline fill="none" stroke="#2a6fb0" stroke-width="1.5" '
+            f'points="{points}"/></svg>')
