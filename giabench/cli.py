@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("run_dir", help="a run folder written by giabench run")
     board.add_argument("--utility", help="a utility.csv from giabench utility: adds the privacy-utility table and plot")
 
+    compare = sub.add_parser("compare", help="per setting, what changed between two run folders (means over seeds, "
+                                             "flagged where the change exceeds the gate's tolerance)")
+    compare.add_argument("run_a", help="the run folder before the change")
+    compare.add_argument("run_b", help="the run folder after the change")
+    compare.add_argument("--csv", help="also write the full comparison to this CSV file")
+
     show = sub.add_parser("show", help="print one cell's config and scores")
     show.add_argument("cell", help="a cell id (or a unique prefix of one)")
     show.add_argument("--runs", default="runs", help="folder of run folders to search (default: runs)")
@@ -230,6 +236,22 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from giabench.leaderboard import compare, tables
+
+    for folder in (args.run_a, args.run_b):
+        if not Path(folder).is_dir():
+            raise GiabenchError(f"{folder}: no such run folder")
+    table = compare.compare(tables.cells(args.run_a), tables.cells(args.run_b))
+    print(compare.terminal(table))
+    changed = int((table["changed"] != "").sum())
+    print(f"\ncompare: {len(table)} settings, {changed} changed beyond the gate's tolerance")
+    if args.csv:
+        tables.write_csv(table, args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
 def cmd_show(args) -> int:
     from giabench.store import Store
 
@@ -284,7 +306,7 @@ def cmd_regress(args) -> int:
     return 1 if failures else 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "show": cmd_show,
+COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "show": cmd_show, "compare": cmd_compare,
             "regress": cmd_regress, "utility": cmd_utility, "train-generator": cmd_train_generator}
 
 

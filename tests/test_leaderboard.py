@@ -101,3 +101,18 @@ def test_label_track_keeps_defense_settings_apart():
     track = tables.label_track(frame)
     assert sorted(zip(track["defense_params"], track["label_acc"], track["cells"], strict=True)) == [
         ('{"fraction": 0.99}', 0.0, 1), ('{"fraction": 0.9}', 1.0, 2)]
+
+
+def test_compare_flags_the_settings_that_moved_beyond_tolerance(run_dir):
+    from giabench.leaderboard import compare
+
+    frame = tables.cells(run_dir)
+    same = compare.compare(frame, frame)
+    assert len(same) == 2 and (same["changed"] == "").all() and (same["psnr_change"] == 0).all()
+    weaker = frame.assign(psnr=frame["psnr"].where(frame["defense"] != "none", frame["psnr"] - 15))
+    moved = compare.compare(frame, weaker.iloc[:-1])
+    first = moved.iloc[0]
+    assert first["setting"].startswith("ig (iterations=20, tv=0) vs none") and "psnr" in first["changed"]
+    assert first["psnr_change"] < -10 and set(moved["in"]) == {"both"}
+    assert "compare" not in compare.terminal(moved) and "->" in compare.terminal(moved)
+    assert set(compare.compare(frame, frame[frame["defense"] == "none"])["in"]) == {"both", "A only"}
