@@ -1,0 +1,149 @@
+"""The HTML report of a small real run, opened in a real browser (Debian's Chromium, driven by Playwright): no
+JavaScript error, every table sorts on a header click, every image loads, the matrices, galleries and plots are
+there, and no column of a matrix is cut off at 390 px or 1400 px. Screenshots of both widths are written to
+``tests/artifacts/``. `.ci/run` installs Chromium when it is missing; elsewhere these tests skip without it."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from giabench import cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")
+
+SUITE = """
+name: browser
+defaults:
+  dataset: mnist-sample
+  model: {name: mlp, width: 16}
+  attack: {name: ig, iterations: 20, tv: 0.0}
+grid:
+  attack: [{name: ig, iterations: 20, tv: 0.0}, {name: idlg, iterations: 20}]
+  defense: [none, {name: dp-sgd, noise_multiplier: 1.0}, {name: dp-sgd, noise_multiplier: 0.3},
+            {name: prune, fraction: 0.9}]
+  seed: [0, 1, 2]
+"""
+UTILITY = """
+dataset: mnist-sample
+model: {name: mlp, width: 16}
+protocol: fedsgd
+clients: 2
+rounds: 2
+batch: 4
+test_fraction: 0.4
+defenses:
+  - {name: dp-sgd, noise_multiplier: 1.0}
+  - {name: dp-sgd, noise_multiplier: 0.3}
+  - {name: prune, fraction: 0.9}
+"""
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("browser")
+    (folder / "s.yaml").write_text(SUITE)
+    (folder / "u.yaml").write_text(UTILITY)
+    assert cli.main(["utility", str(folder / "u.yaml"), "--out", str(folder / "utility"), "--quiet"]) == 0
+    assert cli.main(["run", str(folder / "s.yaml"), "--out", str(folder / "run"), "--quiet"]) == 0
+    assert cli.main(["leaderboard", str(folder / "run"), "--utility", str(folder / "utility" / "utility.csv")]) == 0
+    return folder / "run" / "leaderboard.html"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                            "--disable-component-update", "--no-first-run", "--disable-sync"])
+        yield chromium
+        chromium.close()
+
+
+def _open(browser, report: Path, width: int):
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(report.as_uri())
+    page.wait_for_load_state("load")
+    return page, errors
+
+
+def test_the_report_loads_without_errors_with_every_part_and_image(browser, report):
+    page, errors = _open(browser, report, 1400)
+    assert errors == []
+    assert page.locator("table.matrix").count() == 1
+    assert page.locator(".set").count() >= 6 and page.locator(".tiles img").count() >= 18  # galleries
+    assert page.locator(".plot svg").count() == 2  # privacy-utility and PSNR-epsilon
+    broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
+    assert broken == 0 and page.evaluate("document.images.length") > 40
+    sizes = page.evaluate("Array.from(document.querySelectorAll('.tiles figure img')).map(i => i.getBoundingClientRect()"
+                          ".width)")
+    assert min(sizes) >= 96
+    assert "accuracy" in page.locator("table.matrix").inner_text()  # the utility run's accuracy per defense
+    page.close()
+
+
+def test_a_header_click_sorts_every_table_both_ways(browser, report):
+    page, errors = _open(browser, report, 1400)
+    tables = page.locator("table.sortable")
+    assert tables.count() == 3  # privacy-utility, ranking, label track
+    for t in range(tables.count()):
+        table = tables.nth(t)
+        headers = table.locator("thead th")
+        for h in range(headers.count()):
+            keys = table.locator(f"tbody tr td:nth-child({h + 1})")
+            values = [keys.nth(i).get_attribute("data-v") for i in range(keys.count())]
+            if len(set(values)) < 2:
+                continue
+            headers.nth(h).click()
+            ascending = [keys.nth(i).get_attribute("data-v") for i in range(keys.count())]
+            headers.nth(h).click()
+            descending = [keys.nth(i).get_attribute("data-v") for i in range(keys.count())]
+            assert ascending == _sorted(values) and descending == _sorted(values, reverse=True), (t, h)
+    assert errors == []
+    page.close()
+
+
+def _sorted(values, reverse=False):
+    def key(v):
+        try:
+            return (0, float(v), "")
+        except ValueError:
+            return (0 if v else 1, 0.0, v)
+
+    filled = sorted((v for v in values if v != ""), key=key, reverse=reverse)
+    return filled + [v for v in values if v == ""]
+
+
+@pytest.mark.parametrize("width", [390, 1400])
+def test_no_matrix_column_is_cut_off(browser, report, width):
+    page, errors = _open(browser, report, width)
+    right = page.evaluate("Math.max(...Array.from(document.querySelectorAll('table.matrix td, table.matrix th'))"
+                          ".filter(e => e.offsetParent).map(e => e.getBoundingClientRect().right))")
+    assert right <= width and page.evaluate("document.documentElement.scrollWidth") <= width
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"report-{width}.png"))
+    page.screenshot(path=str(ARTIFACTS / f"report-{width}-full.png"), full_page=True)
+    assert errors == []
+    page.close()
+
+
+def test_the_filter_box_hides_rows_and_a_gallery_tile_enlarges(browser, report):
+    page, _ = _open(browser, report, 1400)
+    ranking = page.locator("#ranking + .scroll table tbody tr")
+    total = ranking.count()
+    page.fill("#filter", "prune")
+    visible = page.evaluate("Array.from(document.querySelectorAll('#ranking + .scroll table tbody tr'))"
+                            ".filter(r => r.style.display !== 'none').length")
+    assert 0 < visible < total
+    page.fill("#filter", "")
+    tile = page.locator(".tiles a").first
+    target = tile.get_attribute("href")
+    tile.click()
+    assert page.locator(target).is_visible()
+    page.close()
