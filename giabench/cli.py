@@ -123,6 +123,8 @@ def _leaderboard(run_dir: Path, title: str, utility: str | None = None) -> str:
     frame = tables.cells(run_dir)
     if frame.empty:
         raise GiabenchError(f"{run_dir}: no finished cells yet")
+    if utility is None and (run_dir / "utility" / "utility.csv").is_file():  # the suite's own utility section
+        utility = str(run_dir / "utility" / "utility.csv")
     try:
         tables.write_csv(frame, run_dir / "leaderboard.csv")
         trade = None
@@ -136,6 +138,18 @@ def _leaderboard(run_dir: Path, title: str, utility: str | None = None) -> str:
         print(f"giabench: warning: cannot write the leaderboard in {run_dir} ({exc.strerror})", file=sys.stderr)
         written = ""
     return tables.terminal(tables.ranking(frame)) + written
+
+
+def _suite_utility(cfg, folder: Path, threads: int, show_progress: bool) -> None:
+    """A suite's utility section, trained once per configuration (``folder/config.json`` records it)."""
+    from giabench import utility
+
+    record = folder / "config.json"
+    if (folder / "utility.csv").is_file() and record.is_file() and \
+            record.read_text(encoding="utf-8") == utility.fingerprint(cfg):
+        return
+    utility.run(cfg, folder, show_progress=show_progress, threads=threads)
+    record.write_text(utility.fingerprint(cfg), encoding="utf-8")
 
 
 def _out_dir(out: str | None, default: Path) -> Path:
@@ -167,6 +181,8 @@ def cmd_run(args) -> int:
         try:
             runner.run_suite(loaded, out, env, workers=args.workers, show_progress=not args.quiet,
                              retry_failed=args.retry_failed)
+            if loaded.utility is not None:
+                _suite_utility(loaded.utility, out / "utility", args.threads, not args.quiet)
         except KeyboardInterrupt:
             stopped = caught.get("signal", signal.SIGINT)
     cells = Store(out).cells() if (out / DB_NAME).is_file() else None

@@ -10,6 +10,9 @@
     grid:                          # cartesian product of the lists; a list of such mappings is their union
       defense: [none, {name: dp-sgd, noise_multiplier: 1.0}]
       seed: [0, 1]
+    utility:                       # optional: a short federated training under each defense (giabench.utility),
+      dataset: mnist-5k            # run after the cells; the report joins its accuracy on dataset and model
+      defenses: [{name: dp-sgd, noise_multiplier: 1.0}]
 
 A component (dataset, model, protocol, defense, attack) is a name or a mapping with ``name`` and parameters; a grid
 entry without ``name`` updates the default component's parameters. A cell's identity is a hash of its resolved
@@ -94,6 +97,7 @@ class Suite:
     description: str
     cells: list[Cell]
     source: str
+    utility: Any = None  # a giabench.utility.UtilityConfig, or None
 
     @property
     def slug(self) -> str:
@@ -155,10 +159,10 @@ def _line(mapping: Any, key: str) -> str:
 
 
 def expand(doc: dict, source: str = "<suite>") -> Suite:
-    unknown = sorted(set(doc) - {"name", "description", "defaults", "grid"})
+    unknown = sorted(set(doc) - {"name", "description", "defaults", "grid", "utility"})
     if unknown:
         raise ConfigError(f"{source}{_line(doc, unknown[0])}: unknown suite key {unknown[0]!r}; "
-                          "known: name, description, defaults, grid")
+                          "known: name, description, defaults, grid, utility")
     defaults = doc.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{source}{_line(doc, 'defaults')}: defaults must be a mapping of cell fields")
@@ -191,7 +195,12 @@ def expand(doc: dict, source: str = "<suite>") -> Suite:
             if cell.id not in seen:
                 seen.add(cell.id)
                 cells.append(cell)
-    return Suite(str(doc.get("name", Path(source).stem)), str(doc.get("description", "")), cells, source)
+    utility = None
+    if doc.get("utility") is not None:
+        from giabench.utility import config_from_mapping
+
+        utility = config_from_mapping(doc["utility"], f"{source}{_line(doc, 'utility')}: utility")
+    return Suite(str(doc.get("name", Path(source).stem)), str(doc.get("description", "")), cells, source, utility)
 
 
 def _merge(current: Any, value: Any, key: str, where: str) -> Any:

@@ -14,6 +14,7 @@ every round, q = 1 at the client level), at the defense's delta and adjacency.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -50,7 +51,7 @@ class UtilityConfig:
 
 
 def load_config(path: str | Path) -> UtilityConfig:
-    """A utility YAML file (``yaml.safe_load``); unknown keys and bad values are named."""
+    """A utility YAML file (safe YAML, duplicate keys refused); unknown keys and bad values are named."""
     from giabench.suite import parse_yaml
 
     if Path(path).is_dir():
@@ -61,12 +62,17 @@ def load_config(path: str | Path) -> UtilityConfig:
         raise ConfigError(f"utility config {path}: not a UTF-8 text file") from None
     except OSError as exc:
         raise ConfigError(f"utility config {path}: cannot read it ({exc.strerror})") from None
+    return config_from_mapping(raw, f"utility config {path}")
+
+
+def config_from_mapping(raw, where: str) -> UtilityConfig:
+    """A ``UtilityConfig`` from a mapping (a utility file, or a suite's ``utility:`` section), every value checked."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"utility config {path}: expected a mapping at the top level")
+        raise ConfigError(f"{where}: expected a mapping at the top level")
     known = UtilityConfig.__dataclass_fields__
     unknown = sorted(set(raw) - set(known) - {"name", "description"})
     if unknown:
-        raise ConfigError(f"utility config {path}: unknown field {unknown[0]!r}; known: {', '.join(known)}")
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(known)}")
     cfg = UtilityConfig(**{k: v for k, v in raw.items() if k in known})
     if isinstance(cfg.model, str):
         cfg.model = {"name": cfg.model}
@@ -75,10 +81,22 @@ def load_config(path: str | Path) -> UtilityConfig:
     cfg.defenses = [{"name": d} if isinstance(d, str) else d for d in cfg.defenses]
     for key in ("clients", "rounds", "batch"):
         if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
-            raise ConfigError(f"utility config {path}: {key} must be a whole number >= 1")
-    if not all(isinstance(d, dict) and "name" in d for d in cfg.defenses):
-        raise ConfigError(f"utility config {path}: every entry of defenses needs a name")
+            raise ConfigError(f"{where}: {key} must be a whole number >= 1")
+    for key, ok, rule in (("server_lr", lambda v: v > 0, "> 0"), ("test_fraction", lambda v: 0 < v < 1, "in (0, 1)")):
+        value = getattr(cfg, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not ok(value):
+            raise ConfigError(f"{where}: {key} must be a number {rule}, got {value!r}")
+    if not all(isinstance(d, dict) and isinstance(d.get("name"), str) for d in cfg.defenses):
+        raise ConfigError(f"{where}: every entry of defenses needs a name")
+    for d in cfg.defenses:
+        params = defenses.resolve(d["name"], {k: v for k, v in d.items() if k != "name"}, f"{where}: defense")
+        defenses.get(d["name"])(None, **params)  # constructors check their values before touching the protocol
     return cfg
+
+
+def fingerprint(cfg: UtilityConfig) -> str:
+    """The configuration as canonical JSON: a utility run is reused only for exactly this configuration."""
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
 
 
 def split(imageset: data.ImageSet, clients: int, test_fraction: float, seed: int):

@@ -81,8 +81,8 @@ def test_the_report_loads_without_errors_with_every_part_and_image(browser, repo
     assert page.locator(".plot svg").count() == 2  # privacy-utility and PSNR-epsilon
     broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
     assert broken == 0 and page.evaluate("document.images.length") > 40
-    sizes = page.evaluate("Array.from(document.querySelectorAll('.tiles figure img')).map(i => i.getBoundingClientRect()"
-                          ".width)")
+    sizes = page.evaluate("Array.from(document.querySelectorAll('.tiles figure img'))"
+                          ".map(i => i.getBoundingClientRect().width)")
     assert min(sizes) >= 96
     assert "accuracy" in page.locator("table.matrix").inner_text()  # the utility run's accuracy per defense
     page.close()
