@@ -95,3 +95,32 @@ def test_a_utility_file_without_the_columns_is_refused_by_name(tmp_path):
     bad.write_text("defense,b\nnone,2\n")
     with pytest.raises(GiabenchError, match="missing column 'defense_params'"):
         tradeoff.read_utility(bad)
+
+
+def test_a_suite_utility_section_is_trained_once_and_joined_by_the_report(tmp_path):
+    from giabench import cli
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("defaults: {dataset: mnist-sample, model: {name: mlp, width: 8}, attack: {name: ig, "
+                     "iterations: 1}}\ngrid: {defense: [none, {name: dp-sgd}]}\nutility:\n" +
+                     "\n".join("  " + line for line in CONFIG.split("defenses:")[0].strip().splitlines()) +
+                     "\n  defenses: [{name: dp-sgd}]\n")
+    out = tmp_path / "run"
+    assert cli.main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    trained = (out / "utility" / "utility.csv").stat().st_mtime_ns
+    joined = pd.read_csv(out / "privacy_utility.csv")
+    assert set(joined["defense"]) == {"none", "dp-sgd"} and joined["accuracy"].notna().all()
+    assert cli.main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    assert (out / "utility" / "utility.csv").stat().st_mtime_ns == trained  # same configuration: reused
+
+
+def test_a_bad_suite_utility_section_names_its_line(tmp_path):
+    from giabench import suite
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: t\nutility:\n  rounds: 0\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:2: utility: rounds must be a whole number >= 1"):
+        suite.load(str(path))
+    path.write_text("name: t\nutility:\n  defenses: [{name: dp-sgd, clip: 0}]\n")
+    with pytest.raises(ConfigError, match="clip must be > 0"):
+        suite.load(str(path))
