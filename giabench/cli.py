@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
     board = sub.add_parser("leaderboard", help="write leaderboard.csv and leaderboard.html for a run folder")
     board.add_argument("run_dir", help="a run folder written by giabench run")
-    board.add_argument("--utility", help="a utility.csv from giabench utility: adds the privacy-utility table and plot")
+    board.add_argument("--utility", help="a utility.csv from giabench utility: adds the privacy-utility table and plot "
+                                         "(default: the run's own utility/utility.csv when its suite has one)")
 
     compare = sub.add_parser("compare", help="per setting, what changed between two run folders (means over seeds, "
                                              "flagged where the change exceeds the gate's tolerance)")
@@ -118,7 +119,7 @@ def cmd_utility(args) -> int:
 def _leaderboard(run_dir: Path, title: str, utility: str | None = None) -> str:
     """Write the leaderboard files of ``run_dir`` and return the ranking as text, followed by what was written; a
     file that cannot be written (a read-only folder) is a warning, the ranking is still returned."""
-    from giabench.leaderboard import report, tables, tradeoff
+    from giabench.leaderboard import plots, report, tables, tradeoff
 
     frame = tables.cells(run_dir)
     if frame.empty:
@@ -131,7 +132,9 @@ def _leaderboard(run_dir: Path, title: str, utility: str | None = None) -> str:
         if utility:
             trade = tradeoff.table(frame, tradeoff.read_utility(utility))
             tables.write_csv(trade, run_dir / "privacy_utility.csv")
-            tradeoff.plot(trade, run_dir / "privacy_utility.png")
+            figure = plots.privacy_utility(report.utility_points(trade))
+            if figure:
+                (run_dir / "privacy_utility.svg").write_text(figure, encoding="utf-8")
         report.write(frame, run_dir, run_dir / "leaderboard.html", title=title, tradeoff=trade)
         written = f"\n\nwrote {run_dir / 'leaderboard.csv'} and {run_dir / 'leaderboard.html'}"
     except OSError as exc:

@@ -45,12 +45,8 @@ def privacy_utility(points: pd.DataFrame) -> str | None:
         for _, row in part.iterrows():
             ax.annotate(row["label"], (row["accuracy"], row["psnr"]), xytext=(4, 3), textcoords="offset points",
                         fontsize=FONT - 1)
-    ax.set_xlabel("test accuracy after federated training (giabench utility)")
-    ax.set_ylabel("worst-case PSNR over attacks (dB)")
-    ax.set_title("Privacy against utility: lower and further right is better")
-    ax.grid(alpha=0.3)
-    _legend_below(fig, ax)
-    return _svg(plt, fig)
+    return _finish(plt, fig, ax, "test accuracy after federated training (giabench utility)",
+                   "worst-case PSNR over attacks (dB)", "Privacy against utility: lower and further right is better")
 
 
 def psnr_epsilon(points: pd.DataFrame) -> str | None:
@@ -68,19 +64,20 @@ def psnr_epsilon(points: pd.DataFrame) -> str | None:
         if len(clear):
             ax.axhline(float(clear["psnr"].iloc[0]), color=line.get_color(), linestyle="--", linewidth=1)
     ax.set_xscale("log")
-    ax.set_xlabel("epsilon (composed over the client's releases; dashed: no defense)")
-    ax.set_ylabel("mean PSNR over seeds (dB)")
-    ax.set_title("Leakage against the privacy budget")
+    return _finish(plt, fig, ax, "epsilon (composed over the client's releases; dashed: no defense)",
+                   "mean PSNR over seeds (dB)", "Leakage against the privacy budget")
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str) -> str:
+    """Labels, a light grid and the legend under the axes (one entry a line, the figure grown to hold it); the SVG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    _legend_below(fig, ax)
-    return _svg(plt, fig)
-
-
-def _legend_below(fig, ax) -> None:
-    """The legend under the axes, one entry a line, the figure grown to hold it."""
     entries = len(ax.get_legend_handles_labels()[0])
     fig.set_figheight(fig.get_figheight() + 0.22 * entries)
     ax.legend(fontsize=FONT - 1, loc="upper left", bbox_to_anchor=(0, -0.16), frameon=False)
+    return _svg(plt, fig)
 
 
 def sparkline(values: list[float], width: int = 160, height: int = 36) -> str:

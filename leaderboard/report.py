@@ -237,7 +237,18 @@ def _table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> dict:
     return {"head": head, "rows": rows}
 
 
-def _points(frame: pd.DataFrame, tradeoff: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def utility_points(tradeoff: pd.DataFrame | None) -> pd.DataFrame:
+    """The privacy-utility plot's points: one per defense setting, labelled with its changed parameters."""
+    if tradeoff is None or tradeoff.empty:
+        return pd.DataFrame(columns=["label", "accuracy", "psnr", "group"])
+    return pd.DataFrame({
+        "label": [label("defenses", d, p) for d, p in zip(tradeoff["defense"], tradeoff["defense_params"],
+                                                          strict=True)],
+        "accuracy": tradeoff["accuracy"], "psnr": tradeoff["psnr"],
+        "group": tradeoff["dataset"] + ", " + tradeoff["model"] + ", B=" + tradeoff["batch_size"].astype(str)})
+
+
+def _epsilon_points(frame: pd.DataFrame) -> pd.DataFrame:
     scored = frame[(frame["status"] == "ok") & frame["psnr"].notna()]
     by_setting = scored.groupby(["attack", "attack_params", "defense", "defense_params", "dataset", "model",
                                  "batch_size"], dropna=False).agg(psnr=("psnr", "mean"), epsilon=("epsilon", "first"))
@@ -245,14 +256,7 @@ def _points(frame: pd.DataFrame, tradeoff: pd.DataFrame | None) -> tuple[pd.Data
     eps["group"] = eps["dataset"] + ", " + eps["model"] + ", B=" + eps["batch_size"].astype(str)
     eps["kind"] = eps["defense"].map(lambda d: "none" if d == "none" else "dp" if d in DP_DEFENSES else "other")
     eps["attack"] = [label("attacks", a, p) for a, p in zip(eps["attack"], eps["attack_params"], strict=True)]
-    utility = pd.DataFrame(columns=["label", "accuracy", "psnr", "group"])
-    if tradeoff is not None and not tradeoff.empty:
-        utility = pd.DataFrame({
-            "label": [label("defenses", d, p) for d, p in zip(tradeoff["defense"], tradeoff["defense_params"],
-                                                              strict=True)],
-            "accuracy": tradeoff["accuracy"], "psnr": tradeoff["psnr"],
-            "group": tradeoff["dataset"] + ", " + tradeoff["model"] + ", B=" + tradeoff["batch_size"].astype(str)})
-    return eps, utility
+    return eps
 
 
 def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str = "giabench leaderboard",
@@ -264,10 +268,9 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     except GiabenchError:
         images = pd.DataFrame(columns=["cell", "image", "psnr", "ssim"])
     matrices = _matrices(frame, tradeoff)
-    eps_points, utility_points = _points(frame, tradeoff)
     plot_list = [(name, Markup(svg)) for name, svg in (
-        ("Privacy against utility", plots.privacy_utility(utility_points)),
-        ("PSNR against epsilon", plots.psnr_epsilon(eps_points))) if svg]
+        ("Privacy against utility", plots.privacy_utility(utility_points(tradeoff))),
+        ("PSNR against epsilon", plots.psnr_epsilon(_epsilon_points(frame)))) if svg]
     rank = tables.ranking(frame)
     rank.insert(0, "rank", rank.index)
     labels = tables.label_track(frame)

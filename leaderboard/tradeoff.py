@@ -5,12 +5,11 @@ privacy score (worst case over the attacks run); not-applicable cells do not cou
 defense_params, dataset, model) with the rows of ``giabench utility`` (accuracy, uplink bytes and time per round, and
 the epsilon of that training run, composed over all its rounds): a utility row measured on other data or another
 architecture says nothing about these cells, so they stay without accuracy. The plot puts accuracy on x and the
-worst-case PSNR on y, one point per defense setting.
+worst-case PSNR on y, one point per defense setting (``giabench.leaderboard.plots.privacy_utility``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -56,28 +55,3 @@ def table(cells: pd.DataFrame, utility: pd.DataFrame) -> pd.DataFrame:
     util = util.rename(columns={"epsilon": "epsilon_training", "delta": "delta_training",
                                 "adjacency": "adjacency_training"})
     return best.merge(util, on=JOIN, how="left").sort_values(GROUP).reset_index(drop=True)
-
-
-def label(defense: str, params: str) -> str:
-    items = json.loads(params) if params else {}
-    keys = ("noise_multiplier", "kind", "ratio", "noise", "view", "noise1", "density", "upload", "fraction", "sigma")
-    return defense + "".join(f" {k}={items[k]}" for k in keys if k in items)
-
-
-def plot(frame: pd.DataFrame, path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 6))
-    for (dataset, model, batch), part in frame.dropna(subset=["accuracy"]).groupby(["dataset", "model", "batch_size"]):
-        ax.scatter(part["accuracy"], part["psnr"], label=f"{dataset}, {model}, B={batch}")
-        for _, row in part.iterrows():
-            ax.annotate(label(row["defense"], row["defense_params"]), (row["accuracy"], row["psnr"]), fontsize=6)
-    ax.set_xlabel("test accuracy (giabench utility)")
-    ax.set_ylabel("worst-case PSNR over attacks (dB, higher = more leakage)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
