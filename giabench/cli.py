@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", default="", help="folder of real datasets (cifar10, mnist, ...)")
     run.add_argument("--download", action="store_true", help="allow torchvision to download missing datasets")
     run.add_argument("--retry-failed", action="store_true", help="run the cells stored as failed again")
+    run.add_argument("--executor", default="local", choices=["local", "ray"],
+                     help="local: in-process or --workers processes (default); ray: one Ray task per cell")
+    run.add_argument("--address", help="with --executor ray: the cluster to join (auto, or HOST:PORT); default: a "
+                                       "local Ray instance on loopback")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     lister = sub.add_parser("list", help="list registered components")
@@ -183,7 +187,7 @@ def cmd_run(args) -> int:
     with _StopOnSignals() as caught:
         try:
             runner.run_suite(loaded, out, env, workers=args.workers, show_progress=not args.quiet,
-                             retry_failed=args.retry_failed)
+                             retry_failed=args.retry_failed, executor=args.executor, address=args.address)
             if loaded.utility is not None:
                 _suite_utility(loaded.utility, out / "utility", args.threads, not args.quiet)
         except KeyboardInterrupt:

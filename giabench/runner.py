@@ -228,10 +228,12 @@ def _describe(settings: dict) -> str:
 
 
 def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1, show_progress: bool = True,
-              retry_failed: bool = False) -> Store:
+              retry_failed: bool = False, executor: str = "local", address: str | None = None) -> Store:
     """Run every cell of ``suite`` that ``out`` does not hold yet; each is stored as it finishes. The folder is held
     by this process, belongs to one suite and one numerics setting; every cell to run is validated before the first
     starts; a cell that fails is stored as ``failed`` and the suite goes on (``retry_failed`` runs those again).
+    ``executor``: ``local`` (in-process, or ``workers`` spawned processes) or ``ray`` (a task per cell on the Ray
+    cluster at ``address``, a local one when None). Whatever runs the cells, this driver alone writes the store.
     Ctrl-C (KeyboardInterrupt) stops the workers and leaves every finished cell stored."""
     out = Path(out)
     store = Store(out)
@@ -261,7 +263,9 @@ def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1,
             bar.update(1)
 
         try:
-            if workers <= 1:
+            if executor == "ray":
+                _run_on_ray(todo, env, address, finish)
+            elif workers <= 1:
                 for cell in todo:
                     total = attacks.get(cell.config["attack"]["name"])(**_params(cell.config, "attack")) \
                         .planned_budget()
@@ -327,6 +331,30 @@ def _run_in_pool(todo: list[Cell], env: Environment, workers: int, finish) -> No
             child.terminate()
         raise
     pool.shutdown()
+
+
+def _run_on_ray(todo: list[Cell], env: Environment, address: str | None, finish) -> None:
+    """Each cell a Ray task reserving ``env.threads`` CPUs (and a GPU when cells run on CUDA); results stream back
+    to this driver as they finish. A local cluster (``address`` None) listens on loopback only, without dashboard."""
+    try:
+        import ray
+    except ImportError:
+        raise GiabenchError("--executor ray needs Ray: pip install -e '.[ray]'") from None
+    if not ray.is_initialized():
+        options = {"address": address} if address else {"num_cpus": os.cpu_count(), "_node_ip_address": "127.0.0.1"}
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="error", **options)
+    task = ray.remote(num_cpus=env.threads, num_gpus=1 if env.device.startswith("cuda") else 0,
+                      max_retries=0)(run_cell_safely)
+    pending = {task.remote(cell, env): cell for cell in todo}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                finish(pending.pop(ref), ray.get(ref))
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
 
 
 def _worker_start(parent: int) -> None:
