@@ -88,6 +88,14 @@ def clip_update(update: Update, bound: float) -> Update:
     return {k: scale * v for k, v in update.items()}
 
 
+def clip_samples(grads: Update, bound: float) -> Update:
+    """g_i * min(1, C / ||g_i||_2) for every row i of stacked per-sample gradients, the norm taken over all tensors
+    of a sample together (differentiable)."""
+    norms = torch.sqrt(sum(v.pow(2).flatten(1).sum(1) for v in grads.values()))
+    scale = torch.clamp(bound / (norms + 1e-12), max=1.0)
+    return {k: v * scale.view(-1, *[1] * (v.dim() - 1)) for k, v in grads.items()}
+
+
 def rdp_epsilon(history: list[Release], delta: float, adjacency: str = "add-remove") -> float:
     """Epsilon at ``delta`` from Opacus' RDP accountant over ``(noise multiplier, sample rate, steps)`` releases,
     composed; noise multipliers are halved under replace-one adjacency. Infinite when a release with steps has no

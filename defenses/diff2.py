@@ -28,29 +28,21 @@ import math
 import torch
 
 from giabench import checks
-from giabench.defenses.base import Client, check_adjacency, clip_update, gaussian_like, rdp_epsilon
+from giabench.defenses.base import Client, check_adjacency, clip_samples, gaussian_like, rdp_epsilon
 from giabench.errors import ConfigError
-from giabench.protocols import Protocol, Update
+from giabench.protocols import Update
 from giabench.registry import defense
 
 VIEWS = ("telescoped", "difference")
 
 
-def per_sample_gradients(protocol: Protocol, params: Update, x: torch.Tensor, y: torch.Tensor) -> list[Update]:
-    return [protocol.gradient(params, x[i:i + 1], y[i:i + 1]) for i in range(x.shape[0])]
-
-
-def clipped_mean(vectors: list[Update], clip: float) -> Update:
-    """(1/n) sum_i min(1, C/||u_i||) u_i (DIFF2's Alg. 2), differentiable."""
-    total = {k: torch.zeros_like(v) for k, v in vectors[0].items()}
-    for u in vectors:
-        clipped = clip_update(u, clip)
-        total = {k: total[k] + clipped[k] for k in total}
-    return {k: v / len(vectors) for k, v in total.items()}
+def clipped_mean(vectors: Update, clip: float) -> Update:
+    """(1/n) sum_i min(1, C/||u_i||) u_i (DIFF2's Alg. 2) over stacked per-sample vectors u_i, differentiable."""
+    return {k: v.mean(0) for k, v in clip_samples(vectors, clip).items()}
 
 
 def restart_message(protocol, params, x, y, clip, noise, generator) -> Update:
-    message = clipped_mean(per_sample_gradients(protocol, params, x, y), clip)
+    message = clipped_mean(protocol.per_sample_gradients(params, x, y), clip)
     if generator is not None and noise > 0:
         message = {k: v + gaussian_like(v, noise * clip / x.shape[0], generator) for k, v in message.items()}
     return message
@@ -58,8 +50,8 @@ def restart_message(protocol, params, x, y, clip, noise, generator) -> Update:
 
 def difference_message(protocol, new, old, x, y, clip, noise, generator) -> Update:
     distance = float(torch.sqrt(sum((new[k] - old[k]).pow(2).sum() for k in new)))
-    diffs = [{k: a[k] - b[k] for k in a} for a, b in zip(per_sample_gradients(protocol, new, x, y),
-                                                          per_sample_gradients(protocol, old, x, y), strict=True)]
+    at_new, at_old = protocol.per_sample_gradients(new, x, y), protocol.per_sample_gradients(old, x, y)
+    diffs = {k: at_new[k] - at_old[k] for k in at_new}
     message = clipped_mean(diffs, clip * distance)
     if generator is not None and noise > 0:
         std = noise * clip * distance / x.shape[0]

@@ -20,17 +20,15 @@ from __future__ import annotations
 import torch
 
 from giabench import checks
-from giabench.defenses.base import Client, check_adjacency, clip_update, dp_cost, gaussian_like
+from giabench.defenses.base import Client, check_adjacency, clip_samples, dp_cost, gaussian_like
 from giabench.registry import defense
 
 
 def clipped_sum(protocol, params, x, y, clip: float):
     """sum_i min(1, C/||g_i||) g_i over the per-sample gradients g_i (differentiable when x requires grad)."""
-    total = {k: torch.zeros_like(v) for k, v in params.items()}
-    for i in range(x.shape[0]):
-        grads = clip_update(protocol.gradient(params, x[i:i + 1], y[i:i + 1]), clip)
-        total = {k: total[k] + grads[k] for k in total}
-    return total
+    if x.shape[0] == 0:  # an empty Poisson sample
+        return {k: torch.zeros_like(v) for k, v in params.items()}
+    return {k: v.sum(0) for k, v in clip_samples(protocol.per_sample_gradients(params, x, y), clip).items()}
 
 
 @defense("dp-sgd")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 
 from giabench import checks
 from giabench.errors import ConfigError
@@ -35,9 +35,9 @@ class Protocol:
         self.params: Update = {k: v.detach() for k, v in model.named_parameters()}
         self.buffers: Update = {k: v.detach() for k, v in model.named_buffers()}
 
-    def loss(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, params: Update, x: torch.Tensor, y: torch.Tensor, buffers: Update | None = None) -> torch.Tensor:
         """Mean cross-entropy; ``y`` is class indices or a (soft) label distribution."""
-        logits = functional_call(self.model, (params, self.call_buffers()), (x,))
+        logits = functional_call(self.model, (params, self.call_buffers() if buffers is None else buffers), (x,))
         if y.dtype.is_floating_point:
             return torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1).mean()
         return F.cross_entropy(logits, y)
@@ -54,6 +54,19 @@ class Protocol:
         loss = self.loss(leaves, x, y)
         grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create)
         return dict(zip(leaves, grads, strict=False))
+
+    def per_sample_gradients(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> Update:
+        """g_i = grad_w CE(f_w(x_i), y_i) for every sample i at once (``torch.func.vmap`` of ``torch.func.grad``),
+        each tensor with a leading batch dimension; differentiable in ``x``, as ``gradient`` is. Each sample is a batch
+        of one: in train mode it gets its own copy of the batch-norm buffers, as the per-sample loop would."""
+        buffers = self.call_buffers()
+        if self.model.training:
+            buffers = {k: v.expand(x.shape[0], *v.shape).clone() for k, v in buffers.items()}
+
+        def one(p: Update, b: Update, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+            return self.loss(p, xi[None], yi[None], b)
+
+        return vmap(grad(one), in_dims=(None, 0 if self.model.training else None, 0, 0))(params, buffers, x, y)
 
     def local_steps(self, x: torch.Tensor) -> int:
         """How many gradient evaluations one update takes (the accountant's step count)."""
