@@ -2,16 +2,22 @@
 
 An optimization attack's iteration computes the simulated update with a graph (forward, backward with
 create_graph) and then differentiates the matching loss with respect to the dummy images (a double backward), so its
-floor is about 2 plain gradients. Usage:
+floor is about 2 plain gradients. Peak memory of the attack iterations: resident set size on CPU (the whole
+process, torch included; Linux's VmHWM), ``torch.cuda.max_memory_allocated`` on CUDA; each row runs in a fresh
+process, so no row inherits another's peak or allocator cache. Usage:
 
-    python benchmarks/attack_speed.py [--device cpu|cuda] [--repeats 5] [--threads N]
+    python benchmarks/attack_speed.py [--device cpu|cuda] [--repeats 5] [--threads N] [--models convnet64,resnet18]
+                                      [--batches 1,8]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import torch
 
@@ -35,10 +41,39 @@ def _timed(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def measure(arch: str, params: dict, batch: int, device: str, repeats: int) -> tuple[float, float]:
+MODELS = {"convnet16": ("convnet", {"width": 16}), "convnet64": ("convnet", {"width": 64}),
+          "resnet18": ("resnet18", {}), "lenet": ("lenet", {}), "mlp": ("mlp", {})}
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as refs:  # Linux: "5" resets the peak resident set size
+            refs.write("5")
+
+
+def peak_memory_mib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    with open("/proc/self/status") as status:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status.read()).group(1)) / 1024
+
+
+def batch_of(imageset, batch: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` images of the set (repeated when the set holds fewer)."""
+    x, y = data.sample(imageset, min(batch, len(imageset)), 0)
+    repeat = -(-batch // len(x))
+    return x.repeat(repeat, 1, 1, 1)[:batch].to(device), y.repeat(repeat)[:batch].to(device)
+
+
+def measure(arch: str, params: dict, batch: int, device: str, repeats: int, threads: int = 0
+            ) -> tuple[float, float, float]:
+    """(ms of one plain gradient, ms of one attack iteration, peak MiB of the iterations)."""
+    if threads:
+        torch.set_num_threads(threads)
     imageset = data.load("cifar10-sample")
-    x, y = data.sample(imageset, batch, 0)
-    x, y = x.to(device), y.to(device)
+    x, y = batch_of(imageset, batch, device)
     model = models.build(arch, params, imageset, "untrained", 0).to(device).eval()
     protocol = protocols.build("fedsgd", {}, model)
     client = NoDefense(protocol)
@@ -57,7 +92,9 @@ def measure(arch: str, params: dict, batch: int, device: str, repeats: int) -> t
         loss = attack.objective(z, view.labels.to(device), client.simulate, message, mean, std)
         torch.autograd.grad(loss, z)
 
-    return _timed(plain, repeats, device), _timed(iteration, repeats, device)
+    gradient = _timed(plain, repeats, device)
+    reset_peak_memory(device)
+    return gradient, _timed(iteration, repeats, device), peak_memory_mib(device)
 
 
 def main() -> None:
@@ -65,16 +102,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--models", default="convnet64,resnet18", help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--batches", default="1,8")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name}, torch {torch.__version__}")
-    print(f"{'model':10s} {'batch':>5s} {'gradient ms':>12s} {'iteration ms':>13s} {'ratio':>6s}")
-    for arch, params in (("convnet", {"width": 64}), ("resnet18", {})):
-        for batch in (1, 8):
-            gradient, iteration = measure(arch, params, batch, args.device, args.repeats)
-            print(f"{arch:10s} {batch:5d} {gradient * 1e3:12.1f} {iteration * 1e3:13.1f} {iteration / gradient:6.2f}")
+    print(f"{'model':10s} {'batch':>5s} {'gradient ms':>12s} {'iteration ms':>13s} {'ratio':>6s} {'peak MiB':>9s}")
+    for model in args.models.split(","):
+        arch, params = MODELS[model]
+        for batch in (int(b) for b in args.batches.split(",")):
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as fresh:
+                gradient, iteration, peak = fresh.submit(measure, arch, params, batch, args.device, args.repeats,
+                                                         args.threads).result()
+            print(f"{model:10s} {batch:5d} {gradient * 1e3:12.1f} {iteration * 1e3:13.1f} {iteration / gradient:6.2f} "
+                  f"{peak:9.0f}")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     regress.add_argument("--suite", default="smoke", help="a packaged suite name or a YAML file (default: smoke)")
     regress.add_argument("--baseline", required=True, help="the baseline CSV (per-setting summary) to judge against")
     regress.add_argument("--out", help="run folder (default: a fresh temporary folder, so that nothing is reused)")
+    regress.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                         help="where cells run (default: cpu)")
     regress.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    regress.add_argument("--executor", default="local", choices=["local", "ray"], help="as for giabench run")
     regress.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     regress.add_argument("--update", action="store_true", help="write the run's per-setting summary as the baseline")
     regress.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -307,11 +310,11 @@ def cmd_regress(args) -> int:
 
     loaded = suite.load(args.suite)
     baseline = None if args.update else regress.read_baseline(args.baseline)
-    env = runner.Environment(threads=args.threads)
+    env = runner.Environment(runner.pick_device(args.device), threads=args.threads)
     _check_parallelism(env, args.workers)
     with tempfile.TemporaryDirectory(prefix="giabench-regress-") as scratch:
         out = Path(args.out or scratch)
-        runner.run_suite(loaded, out, env, workers=args.workers, show_progress=not args.quiet)
+        runner.run_suite(loaded, out, env, workers=args.workers, show_progress=not args.quiet, executor=args.executor)
         frame = tables.cells(out)
     summary = regress.summarize(frame[frame["cell"].isin([c.id for c in loaded.cells])])
     if args.update:

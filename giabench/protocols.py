@@ -48,12 +48,9 @@ class Protocol:
         return {k: v.clone() for k, v in self.buffers.items()} if self.model.training else self.buffers
 
     def gradient(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> Update:
-        """The mean gradient over the batch; keeps the graph when the inputs or the weights require it."""
-        create = x.requires_grad or y.requires_grad or any(p.requires_grad for p in params.values())
-        leaves = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
-        loss = self.loss(leaves, x, y)
-        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create)
-        return dict(zip(leaves, grads, strict=False))
+        """The mean gradient over the batch (``torch.func.grad``, so an attacker can vmap it over restarts);
+        differentiable in the inputs and the weights when they require grad."""
+        return grad(self.loss)(params, x, y)
 
     def per_sample_gradients(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> Update:
         """g_i = grad_w CE(f_w(x_i), y_i) for every sample i at once (``torch.func.vmap`` of ``torch.func.grad``),
