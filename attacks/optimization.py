@@ -31,7 +31,7 @@ def cosine_distance(sim: dict, obs: dict) -> torch.Tensor:
 class _CosineDistance(torch.autograd.Function):
     """1 - <s, o> / (||s|| ||o|| + 1e-12) over lists of tensors, with its gradient in s written out,
         d/ds_k = -o_k / D + <s, o> ||o|| s_k / (||s|| D^2),   D = ||s|| ||o|| + 1e-12,
-    so each layer costs one BLAS dot product forward and one scaled sum backward, where autograd's elementwise
+    so each layer costs a dot product and a norm forward and one scaled sum backward, where autograd's elementwise
     products, squares and sums pass over the model's parameters several times (an attack iteration on a large model
     at batch 1 spends much of its time there). Returns (distance, <s, o>, ||s||, ||o||); vmap-able (restarts)."""
 
@@ -41,8 +41,8 @@ class _CosineDistance(torch.autograd.Function):
     def forward(n: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         flat = [(s.reshape(-1), o.reshape(-1)) for s, o in zip(tensors[n:], tensors[:n], strict=True)]
         dot = sum(torch.dot(s, o) for s, o in flat)
-        norm_sim = torch.sqrt(sum(torch.dot(s, s) for s, _ in flat))
-        norm_obs = torch.sqrt(sum(torch.dot(o, o) for _, o in flat))
+        norm_sim = torch.sqrt(sum(torch.linalg.vector_norm(s) ** 2 for s, _ in flat))
+        norm_obs = torch.sqrt(sum(torch.linalg.vector_norm(o) ** 2 for _, o in flat))
         return 1 - dot / (norm_sim * norm_obs + 1e-12), dot, norm_sim, norm_obs
 
     @staticmethod
@@ -138,22 +138,23 @@ class IDLG(DLG):
 def signed_adam(leaves: list[torch.Tensor], objective, iterations: int, lr: float, project, trace: list,
                 progress=None) -> None:
     """Inverting Gradients' optimizer: Adam on the sign of each leaf's gradient, step ``lr`` decayed by 10 at 3/8, 5/8
-    and 7/8 of the run, ``project()`` (in place, without grad) after every step; the objective is sampled every ten
-    steps into ``trace``."""
+    and 7/8 of the run, ``project()`` (in place, without grad) after every step. ``objective()`` returns a scalar, or
+    one loss per independent problem (batched restarts: their sum is differentiated, and Adam, being elementwise,
+    steps each as if alone); it is sampled every ten steps into ``trace`` (a float, or a list per problem)."""
     optimizer = torch.optim.Adam(leaves, lr=lr)
     milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     for step in range(iterations):
         optimizer.zero_grad()
         loss = objective()
-        for leaf, grad in zip(leaves, torch.autograd.grad(loss, leaves), strict=True):
+        for leaf, grad in zip(leaves, torch.autograd.grad(loss.sum(), leaves), strict=True):
             leaf.grad = grad.sign()
         optimizer.step()
         schedule.step()
         with torch.no_grad():
             project()
         if step % 10 == 0:
-            trace.append(float(loss.detach()))
+            trace.append(loss.detach().tolist())
         if progress:
             progress(1)
 
@@ -165,7 +166,11 @@ class InvertingGradients(Attack):
     optimized, as in the paper, in the model's normalized space z = (x - mean) / std (so ``lr`` and ``tv`` keep the
     paper's meaning): Adam on the *signed* gradient of z, step size ``lr`` decayed by 10 at 3/8, 5/8 and 7/8 of the
     run, pixels clamped to [0, 1] after every step, and ``restarts`` independent runs of which the lowest final
-    objective wins."""
+    objective wins. Where the client's simulation can be vmapped (``Client.vmappable``) and its second derivatives
+    stay exact (``Protocol.vmap_exact``: no batch norm in train mode), several restarts run together, the objective
+    vmapped over them: the same starting points and steps as one after another (Adam is elementwise), at the cost
+    of about one restart where per-call overhead dominates; only the batched kernels' float rounding differs from
+    running them one by one."""
 
     needs = ("priors",)
     assumes = "image priors (total variation, pixel box); labels known (or inferred)"
@@ -187,13 +192,31 @@ class InvertingGradients(Attack):
         obs = {k: v.to(device) for k, v in view.message.items()}
         mean, std = view.model.mean, view.model.std
         low, high = (0 - mean) / std, (1 - mean) / std
-        best, trace = (math.inf, None), []
-        for _ in range(self.restarts):
-            z = ((initial_images(view, generator) - mean) / std).requires_grad_(True)
-            signed_adam([z], lambda z=z: self.objective(z, y, simulate, obs, mean, std), self.iterations, self.lr,
-                        lambda z=z: z.copy_(torch.maximum(torch.minimum(z, high), low)), trace, progress)
-            final = float(self.objective(z.detach(), y, simulate, obs, mean, std))
-            if final < best[0]:
-                best = (final, (mean + std * z).detach().clone())
-        return Reconstruction(best[1].cpu(), y.cpu(), self.iterations * self.restarts, trace,
-                              {"objective": best[0]})
+        starts = [(initial_images(view, generator) - mean) / std for _ in range(self.restarts)]
+        trace: list = []
+        client = getattr(simulate, "__self__", None)
+        if self.restarts > 1 and getattr(client, "vmappable", False) and view.protocol.vmap_exact:
+            finals, images = self._batched(torch.stack(starts), y, simulate, obs, mean, std, low, high, trace, progress)
+        else:
+            finals, images = [], []
+            for z in starts:
+                z.requires_grad_(True)
+                signed_adam([z], lambda z=z: self.objective(z, y, simulate, obs, mean, std), self.iterations, self.lr,
+                            lambda z=z: z.copy_(torch.maximum(torch.minimum(z, high), low)), trace, progress)
+                finals.append(float(self.objective(z.detach(), y, simulate, obs, mean, std)))
+                images.append((mean + std * z).detach())
+        best = min(range(self.restarts), key=lambda r: finals[r])
+        return Reconstruction(images[best].clone().cpu(), y.cpu(), self.iterations * self.restarts, trace,
+                              {"objective": finals[best]})
+
+    def _batched(self, z, y, simulate, obs, mean, std, low, high, trace, progress):
+        """All restarts as one leaf of shape (R, B, C, H, W); the trace is written restart by restart, as the
+        sequential path writes it."""
+        batched = torch.func.vmap(lambda one: self.objective(one, y, simulate, obs, mean, std))
+        z.requires_grad_(True)
+        sampled: list = []
+        signed_adam([z], lambda: batched(z), self.iterations, self.lr,
+                    lambda: z.copy_(torch.maximum(torch.minimum(z, high), low)), sampled,
+                    progress and (lambda steps: progress(steps * self.restarts)))
+        trace.extend(value for restart in zip(*sampled, strict=True) for value in restart)
+        return batched(z.detach()).tolist(), list((mean + std * z).detach())

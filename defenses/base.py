@@ -27,7 +27,10 @@ Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps): on
 
 
 class Client:
-    """The undefended client: shares the protocol's update as float32."""
+    """The undefended client: shares the protocol's update as float32. ``vmappable``: ``simulate`` can run under
+    ``torch.func.vmap`` (over an attacker's restarts); False where it trains with autograd inside."""
+
+    vmappable = True
 
     def __init__(self, protocol: Protocol):
         self.protocol = protocol

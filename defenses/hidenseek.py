@@ -67,6 +67,8 @@ def signs(z: torch.Tensor) -> torch.Tensor:
 class HideNSeek(Client):
     """SynFlow mask at ``density`` on the server, sign-supermask training on the client, upload scores or signs."""
 
+    vmappable = False  # the simulated local round trains with torch.autograd inside
+
     def __init__(self, protocol, *, density: float = 0.1, upload: str = "scores", score_init: float = 0.01,
                  temperature: float = 0.001):
         super().__init__(protocol)

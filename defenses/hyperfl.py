@@ -87,6 +87,8 @@ class HyperFL(Client):
     """The client's feature extractor comes from a shared hypernetwork and a private embedding; only the
     hypernetwork's update is uploaded."""
 
+    vmappable = False  # the simulated local round trains with torch.autograd inside
+
     def __init__(self, protocol, *, embed_dim: int = 64, hidden: int = 128, private_lr: float = 0.1,
                  clip: float = 50.0, seed: int = 0, private_seed: int = 1):
         super().__init__(protocol)
