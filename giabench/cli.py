@@ -60,6 +60,28 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("cell", help="a cell id (or a unique prefix of one)")
     show.add_argument("--runs", default="runs", help="folder of run folders to search (default: runs)")
 
+    audit = sub.add_parser("audit", help="how much YOUR model leaks: the attacks that apply to it, under your "
+                                         "protocol, batch sizes and defenses; verdicts per threat model")
+    audit.add_argument("--model", required=True, help="MODULE:FUNCTION returning your torch.nn.Module (imported from "
+                                                      "the current folder or the Python path; no pickle)")
+    audit.add_argument("--weights", default="", help="a state dict of tensors for it (loaded with weights_only=True)")
+    audit.add_argument("--data", default="cifar10-sample", help="dataset name or folder:PATH (default: cifar10-sample)")
+    audit.add_argument("--protocol", default="fedsgd", choices=["fedsgd", "fedavg"], help="default: fedsgd")
+    audit.add_argument("--epochs", type=int, default=1, help="FedAvg local epochs (default: 1)")
+    audit.add_argument("--local-batch", type=int, default=0, help="FedAvg local batch size (0: the whole batch)")
+    audit.add_argument("--lr", type=float, default=0.1, help="FedAvg local learning rate (default: 0.1)")
+    audit.add_argument("--batch-sizes", default="1,8", help="client batch sizes, comma-separated (default: 1,8)")
+    audit.add_argument("--defenses", default="none,dp-sgd:noise_multiplier=1",
+                       help="defense settings, comma-separated, NAME:KEY=VALUE;KEY=VALUE (default: none and DP-SGD "
+                            "at noise multiplier 1)")
+    audit.add_argument("--budget", default="standard", choices=["quick", "standard", "thorough"],
+                       help="attack iterations, seeds and utility rounds (default: standard)")
+    audit.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where cells run")
+    audit.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    audit.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    audit.add_argument("--out", required=True, help="the audit's run folder (resumable)")
+    audit.add_argument("--quiet", action="store_true", help="no progress bars")
+
     regress = sub.add_parser("regress", help="run a suite and judge it, setting by setting, against a baseline CSV "
                                              "(attacks weaker, defenses leakier, costs changed)")
     regress.add_argument("--suite", default="smoke", help="a packaged suite name or a YAML file (default: smoke)")
@@ -332,8 +354,57 @@ def cmd_regress(args) -> int:
     return 1 if failures else 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "show": cmd_show, "compare": cmd_compare,
-            "regress": cmd_regress, "utility": cmd_utility, "train-generator": cmd_train_generator}
+def cmd_audit(args) -> int:
+    import os
+
+    from giabench import audit, data, models, suite
+    from giabench.leaderboard import plots, tables
+    from giabench.store import Store
+
+    sizes = args.batch_sizes.split(",")
+    if not all(s.strip().isdigit() and int(s) >= 1 for s in sizes):
+        raise GiabenchError(f"--batch-sizes: expected whole numbers >= 1 separated by commas, got {args.batch_sizes!r}")
+    sizes = sorted({int(s) for s in sizes})
+    if os.getcwd() not in sys.path:  # the user's module sits beside them, as for python -m
+        sys.path.insert(0, os.getcwd())
+    imageset = data.load(args.data)
+    model = {"name": "factory", "factory": args.model, **({"weights": args.weights} if args.weights else {})}
+    net = models.build("factory", {k: v for k, v in model.items() if k != "name"}, imageset, "untrained", 0).net
+    protocol = {"name": "fedsgd"} if args.protocol == "fedsgd" else \
+        {"name": "fedavg", "epochs": args.epochs, "batch_size": args.local_batch, "lr": args.lr}
+    entries, skipped = audit.battery(net, imageset.shape, protocol, sizes, args.budget)
+    document = audit.suite_document("audit", args.data, model, protocol, audit.parse_defenses(args.defenses),
+                                    entries, args.budget)
+    out = _out_dir(args.out, Path(args.out))
+    out.mkdir(parents=True, exist_ok=True)
+    suite_file = out / "audit-suite.yaml"
+    audit.dump_suite(document, suite_file)
+    code = cmd_run(argparse.Namespace(suite=str(suite_file), out=str(out), device=args.device, threads=args.threads,
+                                      workers=args.workers, data_root="", download=False, retry_failed=False,
+                                      executor="local", address=None, quiet=args.quiet))
+    ids = {cell.id for cell in suite.load(str(suite_file)).cells}  # an earlier audit in this folder is left out
+    cells, images = tables.cells(out), Store(out).images()
+    cells, images = cells[cells["cell"].isin(ids)], images[images["cell"].isin(ids)]
+    utility = document["utility"]
+    note = (f"Accuracy: {utility['rounds']} FedAvg rounds of {utility['clients']} clients on {args.data} "
+            f"(test images: {round(0.2 * len(imageset))}); epsilon (utility run) composes every round of that run.")
+    cells = cells.assign(local_steps=[audit.local_steps(row) for _, row in cells.iterrows()])
+    figures = {"leakage_batch.svg": plots.leakage(audit.leakage_curves(cells, "batch_size"), "batch_size",
+                                                  "client batch size", "Leakage against batch size"),
+               "leakage_steps.svg": plots.leakage(audit.leakage_curves(cells, "local_steps"), "local_steps",
+                                                  "local gradient steps per update", "Leakage against local steps")}
+    lines = audit.verdicts(cells, images)
+    table = audit.defense_table(cells, images, audit.utility_costs(out / "utility" / "utility.csv"))
+    report = audit.write_report(out, suite_file, lines, skipped, table, figures, note)
+    print("\n".join(["", "verdicts (weakest attacker first):", *(f"  {line}" for line in lines),
+                      *(f"  not applicable: {attack}: {reason}" for attack, reason in skipped),
+                      f"wrote {report} and {suite_file}"]))
+    return code
+
+
+COMMANDS = {"run": cmd_run, "audit": cmd_audit, "list": cmd_list, "leaderboard": cmd_leaderboard, "show": cmd_show,
+            "compare": cmd_compare, "regress": cmd_regress, "utility": cmd_utility,
+            "train-generator": cmd_train_generator}
 
 
 def main(argv: list[str] | None = None) -> int:

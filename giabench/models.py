@@ -216,6 +216,41 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
+@model("factory")
+def user_factory(shape, num_classes, *, factory: str, weights: str = "") -> nn.Module:
+    """A practitioner's own network (``giabench audit``): ``factory`` names an importable callable, MODULE:FUNCTION,
+    called without arguments, that returns an ``nn.Module`` taking images normalized by the dataset's mean and std
+    and returning one logit per class; ``weights`` an optional state dict of tensors (``weights_only=True``)."""
+    import importlib
+
+    from giabench.audit import check_model
+
+    where = f"model factory {factory}"
+    module_name, sep, function = factory.partition(":")
+    if not sep or not module_name or not function:
+        raise ConfigError(f"{where}: expected MODULE:FUNCTION")
+    try:
+        make = getattr(importlib.import_module(module_name), function)
+    except ImportError as exc:
+        raise ConfigError(f"{where}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})") from None
+    except AttributeError:
+        raise ConfigError(f"{where}: module {module_name!r} has no {function!r}") from None
+    try:
+        net = make()
+    except Exception as exc:  # noqa: BLE001 -- the user's factory failing is reported in one line
+        raise ConfigError(f"{where}: the factory raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"{where}: the factory returned {type(net).__name__}, not a torch.nn.Module")
+    if weights:
+        try:
+            net.load_state_dict(read_tensors(weights, "weights"))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise ConfigError(f"weights {weights}: do not fit the model ({first})") from None
+    check_model(net, tuple(shape), num_classes, where)
+    return net
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("GIABENCH_CACHE", Path.home() / ".cache" / "giabench"))
 

@@ -68,6 +68,20 @@ def psnr_epsilon(points: pd.DataFrame) -> str | None:
                    "mean PSNR over seeds (dB)", "Leakage against the privacy budget")
 
 
+def leakage(curves: pd.DataFrame, by: str, xlabel: str, title: str) -> str | None:
+    """Worst-case PSNR over the attacks (y) against ``by`` (x, log scale), one line per defense setting;
+    ``curves`` has columns defense_key, ``by``, psnr."""
+    if curves.empty:
+        return None
+    plt, fig, ax = _figure(7.5, 4.8)
+    for defense, part in curves.groupby("defense_key", sort=False):
+        part = part.sort_values(by)
+        ax.plot(part[by], part["psnr"], marker="o", label=defense)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(curves[by].unique()), [str(v) for v in sorted(curves[by].unique())])
+    return _finish(plt, fig, ax, xlabel, "worst-case mean PSNR over the battery (dB)", title)
+
+
 def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str) -> str:
     """Labels, a light grid and the legend under the axes (one entry a line, the figure grown to hold it); the SVG."""
     ax.set_xlabel(xlabel)
