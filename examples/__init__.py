@@ -1,0 +1,1 @@
+"""Example user models (not part of the giabench package)."""
