@@ -164,8 +164,10 @@ def verdicts(cells: pd.DataFrame, images: pd.DataFrame) -> list[str]:
                           f"{best['psnr']:.1f} dB mean PSNR at batch {int(best['batch_size'])} "
                           f"({_attack_words(best)}).")
         if not labels.empty:
-            worst = labels.sort_values(["label_acc", "batch_size"], ascending=False).iloc[0]
-            words += f" Labels: {worst['label_acc']:.0%} of a batch of {int(worst['batch_size'])} inferred (LLG)."
+            labels = labels.assign(known=labels["label_acc"] * labels["batch_size"])  # labels recovered per batch
+            worst = labels.sort_values(["known", "batch_size"], ascending=False).iloc[0]
+            words += (":" if part.empty else "") + (f" Labels: {worst['label_acc']:.0%} of a batch of "
+                                                    f"{int(worst['batch_size'])} inferred (LLG).")
         lines.append(words)
     return lines
 
