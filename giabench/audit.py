@@ -159,8 +159,9 @@ def verdicts(cells: pd.DataFrame, images: pd.DataFrame) -> list[str]:
                           f"{LEAK_DB:g} dB PSNR ({_attack_words(worst)}).")
             else:
                 best = part.sort_values("psnr", ascending=False).iloc[0]
-                words += (f": reconstructs no image above {LEAK_DB:g} dB PSNR at batch sizes "
-                          f"{', '.join(map(str, sorted(part['batch_size'].unique())))}; its best is "
+                sizes = sorted(part["batch_size"].unique())
+                words += (f": reconstructs no image above {LEAK_DB:g} dB PSNR at batch size{'s' * (len(sizes) > 1)} "
+                          f"{', '.join(map(str, sizes))}; its best is "
                           f"{best['psnr']:.1f} dB mean PSNR at batch {int(best['batch_size'])} "
                           f"({_attack_words(best)}).")
         if not labels.empty:
