@@ -27,7 +27,8 @@ from giabench.attacks.optimization import InvertingGradients
 from giabench.defenses.baselines import NoDefense
 
 
-def _timed(fn, repeats: int, device: str) -> float:
+def timed(fn, repeats: int, device: str) -> float:
+    """The median wall time of ``repeats`` calls after one warm-up (synchronizing CUDA around each)."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -92,9 +93,9 @@ def measure(arch: str, params: dict, batch: int, device: str, repeats: int, thre
         loss = attack.objective(z, view.labels.to(device), client.simulate, message, mean, std)
         torch.autograd.grad(loss, z)
 
-    gradient = _timed(plain, repeats, device)
+    gradient = timed(plain, repeats, device)
     reset_peak_memory(device)
-    return gradient, _timed(iteration, repeats, device), peak_memory_mib(device)
+    return gradient, timed(iteration, repeats, device), peak_memory_mib(device)
 
 
 def main() -> None:

@@ -11,10 +11,9 @@ difference between the two sums. Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from attack_speed import timed  # a sibling script: benchmarks/ is on the path when run as a script
 
 from giabench import data, models, protocols
 from giabench.defenses.base import clip_update
@@ -32,20 +31,6 @@ def looped_sum(protocol, params, x, y, clip):
     return total
 
 
-def _timed(fn, repeats: int, device: str) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def compare(protocol, x, y, repeats: int, device: str) -> tuple[list[float], list[float], float]:
     """(client ms loop/vmap, attacker ms loop/vmap, max |difference| of the two sums)."""
     z = x.clone().requires_grad_(True)
@@ -59,8 +44,8 @@ def compare(protocol, x, y, repeats: int, device: str) -> tuple[list[float], lis
 
     fast, slow = client(clipped_sum), client(looped_sum)
     diff = max(float((fast[k] - slow[k]).abs().max()) for k in fast)
-    return ([_timed(lambda f=f: client(f), repeats, device) * 1e3 for f in (looped_sum, clipped_sum)],
-            [_timed(lambda f=f: attacker(f), repeats, device) * 1e3 for f in (looped_sum, clipped_sum)], diff)
+    return ([timed(lambda f=f: client(f), repeats, device) * 1e3 for f in (looped_sum, clipped_sum)],
+            [timed(lambda f=f: attacker(f), repeats, device) * 1e3 for f in (looped_sum, clipped_sum)], diff)
 
 
 def main() -> None:
