@@ -127,6 +127,16 @@ def suite_document(name: str, dataset: str, model: dict, protocol: dict, defense
     }
 
 
+def images_above(images: pd.DataFrame) -> pd.Series:
+    """Per cell, how many of its images were reconstructed above LEAK_DB."""
+    return images.assign(hit=images["psnr"] > LEAK_DB).groupby("cell")["hit"].sum()
+
+
+def reconstructions(cells: pd.DataFrame) -> pd.DataFrame:
+    """The finished cells of image-reconstruction attacks (label inference left out)."""
+    return cells[(cells["status"] == "ok") & (cells["attack"] != "infer-labels")]
+
+
 def _attack_words(row) -> str:
     params = json.loads(row["attack_params"]) if isinstance(row["attack_params"], str) else row["attack_params"]
     iterations = params.get("iterations") or params.get("latent_iterations")
@@ -141,7 +151,7 @@ def verdicts(cells: pd.DataFrame, images: pd.DataFrame) -> list[str]:
     above LEAK_DB (ties: the larger batch), or the best mean PSNR when none does; label inference is named on the
     line of its own (weakest) threat model."""
     done = cells[(cells["status"] == "ok") & (cells["defense"] == "none")]
-    above = images.assign(hit=images["psnr"] > LEAK_DB).groupby("cell")["hit"].sum()
+    above = images_above(images)
     lines = []
     for letter, (title, granted) in threats.THREAT_MODELS.items():
         if letter not in set(done["threat_model"]):
@@ -177,8 +187,7 @@ def defense_table(cells: pd.DataFrame, images: pd.DataFrame, utility: dict[str, 
     """Per defense setting: the worst case left over the battery (largest fraction of a batch above LEAK_DB, best
     mean PSNR) and its cost (epsilon of one update and of the utility run, with delta and adjacency; bytes; the
     utility run's test accuracy)."""
-    done = cells[(cells["status"] == "ok") & (cells["attack"] != "infer-labels")]
-    above = images.assign(hit=images["psnr"] > LEAK_DB).groupby("cell")["hit"].sum()
+    done, above = reconstructions(cells), images_above(images)
     rows = []
     for (defense, params), part in done.groupby(["defense", "defense_params"], sort=False):
         hits = part["cell"].map(above).fillna(0) / part["batch_size"]
@@ -213,7 +222,7 @@ def utility_costs(path: Path) -> dict[str, dict]:
 
 def leakage_curves(cells: pd.DataFrame, by: str) -> pd.DataFrame:
     """Worst-case mean PSNR over the battery per defense and ``by`` (batch_size or local_steps)."""
-    done = cells[(cells["status"] == "ok") & (cells["attack"] != "infer-labels")]
+    done = reconstructions(cells)
     done = done.assign(defense_key=[defense_key(d, p) for d, p in zip(done["defense"], done["defense_params"],
                                                                         strict=True)])
     return done.groupby(["defense_key", by])["psnr"].max().reset_index()

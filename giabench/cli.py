@@ -360,6 +360,7 @@ def cmd_audit(args) -> int:
     from giabench import audit, data, models, suite
     from giabench.leaderboard import plots, tables
     from giabench.store import Store
+    from giabench.utility import UtilityConfig
 
     sizes = args.batch_sizes.split(",")
     if not all(s.strip().isdigit() and int(s) >= 1 for s in sizes):
@@ -387,7 +388,8 @@ def cmd_audit(args) -> int:
     cells, images = cells[cells["cell"].isin(ids)], images[images["cell"].isin(ids)]
     utility = document["utility"]
     note = (f"Accuracy: {utility['rounds']} FedAvg rounds of {utility['clients']} clients on {args.data} "
-            f"(test images: {round(0.2 * len(imageset))}); epsilon (utility run) composes every round of that run.")
+            f"(test images: {round(UtilityConfig.test_fraction * len(imageset))}); epsilon (utility run) composes "
+            "every round of that run.")
     cells = cells.assign(local_steps=[audit.local_steps(row) for _, row in cells.iterrows()])
     figures = {"leakage_batch.svg": plots.leakage(audit.leakage_curves(cells, "batch_size"), "batch_size",
                                                   "client batch size", "Leakage against batch size"),
