@@ -159,6 +159,11 @@ def signed_adam(leaves: list[torch.Tensor], objective, iterations: int, lr: floa
             progress(1)
 
 
+#: Largest R x parameters for which IG batches its restarts on CPU. benchmarks/restart_batching.py (1 thread, R=8,
+#: batched/sequential time): lenet (R x P = 0.13M) 0.61, convnet16 (1.5M) 0.83, mlp (6.3M) 1.19, convnet64 (23M) 1.06.
+CPU_BATCHED_RESTART_FLOATS = 4_000_000
+
+
 @attack("ig")
 class InvertingGradients(Attack):
     """Inverting Gradients (Geiping, Bauermeister, Droege, Moeller, NeurIPS 2020, Eq. 4):
@@ -166,11 +171,11 @@ class InvertingGradients(Attack):
     optimized, as in the paper, in the model's normalized space z = (x - mean) / std (so ``lr`` and ``tv`` keep the
     paper's meaning): Adam on the *signed* gradient of z, step size ``lr`` decayed by 10 at 3/8, 5/8 and 7/8 of the
     run, pixels clamped to [0, 1] after every step, and ``restarts`` independent runs of which the lowest final
-    objective wins. Where the client's simulation can be vmapped (``Client.vmappable``) and its second derivatives
-    stay exact (``Protocol.vmap_exact``: no batch norm in train mode), several restarts run together, the objective
-    vmapped over them: the same starting points and steps as one after another (Adam is elementwise), at the cost
-    of about one restart where per-call overhead dominates; only the batched kernels' float rounding differs from
-    running them one by one."""
+    objective wins. Where the client's simulation can be vmapped (``Client.vmappable``), its second derivatives
+    stay exact (``Protocol.vmap_exact``: no batch norm in train mode) and, on CPU, the model is small enough
+    (``_batch_restarts``), several restarts run together, the objective vmapped over them: the same starting points
+    and steps as one after another (Adam is elementwise), at the cost of about one restart where per-call overhead
+    dominates; only the batched kernels' float rounding differs from running them one by one."""
 
     needs = ("priors",)
     assumes = "image priors (total variation, pixel box); labels known (or inferred)"
@@ -194,8 +199,7 @@ class InvertingGradients(Attack):
         low, high = (0 - mean) / std, (1 - mean) / std
         starts = [(initial_images(view, generator) - mean) / std for _ in range(self.restarts)]
         trace: list = []
-        client = getattr(simulate, "__self__", None)
-        if self.restarts > 1 and getattr(client, "vmappable", False) and view.protocol.vmap_exact:
+        if self._batch_restarts(view, simulate):
             finals, images = self._batched(torch.stack(starts), y, simulate, obs, mean, std, low, high, trace, progress)
         else:
             finals, images = [], []
@@ -208,6 +212,19 @@ class InvertingGradients(Attack):
         best = min(range(self.restarts), key=lambda r: finals[r])
         return Reconstruction(images[best].clone().cpu(), y.cpu(), self.iterations * self.restarts, trace,
                               {"objective": finals[best]})
+
+    def _batch_restarts(self, view, simulate) -> bool:
+        """Whether the restarts run vmapped together: the client's simulation must allow it (``Client.vmappable``,
+        ``Protocol.vmap_exact``) and, on CPU, the R per-restart weight gradients must stay small (R x parameters at
+        most ``CPU_BATCHED_RESTART_FLOATS``); past that the batched pass streams them through memory where restarts
+        one by one stay in cache, and is slower (benchmarks/restart_batching.py). The choice depends only on the
+        device, the model and R, so a result is reproducible from its configuration and numerics settings."""
+        client = getattr(simulate, "__self__", None)
+        if self.restarts == 1 or not getattr(client, "vmappable", False) or not view.protocol.vmap_exact:
+            return False
+        if view.model.mean.device.type != "cpu":
+            return True
+        return self.restarts * sum(p.numel() for p in view.model.parameters()) <= CPU_BATCHED_RESTART_FLOATS
 
     def _batched(self, z, y, simulate, obs, mean, std, low, high, trace, progress):
         """All restarts as one leaf of shape (R, B, C, H, W); the trace is written restart by restart, as the

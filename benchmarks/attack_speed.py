@@ -2,9 +2,13 @@
 
 An optimization attack's iteration computes the simulated update with a graph (forward, backward with
 create_graph) and then differentiates the matching loss with respect to the dummy images (a double backward), so its
-floor is about 2 plain gradients. Peak memory of the attack iterations: resident set size on CPU (the whole
-process, torch included; Linux's VmHWM), ``torch.cuda.max_memory_allocated`` on CUDA; each row runs in a fresh
-process, so no row inherits another's peak or allocator cache. Usage:
+floor is about 2 plain gradients in arithmetic. The ``torch 2nd`` column is what torch itself takes for that
+second-order pass with the cheapest objective (a fixed inner product with the weight gradient, no cosine, no TV):
+IG's iteration over it is the cost of our objective and plumbing, the rest is torch's double backward (whose
+convolution rule also computes each layer's weight derivative, whatever its output mask asks: seen on CPU, about a
+fifth of a wide layer's second-order work). Peak memory of the attack iterations: resident set size on CPU (the
+whole process, torch included; Linux's VmHWM), ``torch.cuda.max_memory_allocated`` on CUDA; each row runs in a
+fresh process, so no row inherits another's peak or allocator cache. Usage:
 
     python benchmarks/attack_speed.py [--device cpu|cuda] [--repeats 5] [--threads N] [--models convnet64,resnet18]
                                       [--batches 1,8]
@@ -70,7 +74,8 @@ def batch_of(imageset, batch: int, device: str) -> tuple[torch.Tensor, torch.Ten
 
 def measure(arch: str, params: dict, batch: int, device: str, repeats: int, threads: int = 0
             ) -> tuple[float, float, float]:
-    """(ms of one plain gradient, ms of one attack iteration, peak MiB of the iterations)."""
+    """(s of one plain gradient, of torch's second-order pass, of one attack iteration; peak MiB of the
+    iterations)."""
     if threads:
         torch.set_num_threads(threads)
     imageset = data.load("cifar10-sample")
@@ -85,6 +90,13 @@ def measure(arch: str, params: dict, batch: int, device: str, repeats: int, thre
         model.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
 
+    weights = list(model.parameters())
+    direction = [torch.randn_like(w) for w in weights]
+
+    def second_order():  # torch's pass alone: d/dz <grad_w CE(f_w(z), y), v>
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(model(z), y), weights, create_graph=True)
+        torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, direction, strict=True)), z)
+
     attack = InvertingGradients(labels="known")
     mean, std = model.mean, model.std
     z = torch.randn_like(x).requires_grad_(True)
@@ -93,9 +105,9 @@ def measure(arch: str, params: dict, batch: int, device: str, repeats: int, thre
         loss = attack.objective(z, view.labels.to(device), client.simulate, message, mean, std)
         torch.autograd.grad(loss, z)
 
-    gradient = timed(plain, repeats, device)
+    gradient, floor = timed(plain, repeats, device), timed(second_order, repeats, device)
     reset_peak_memory(device)
-    return gradient, timed(iteration, repeats, device), peak_memory_mib(device)
+    return gradient, floor, timed(iteration, repeats, device), peak_memory_mib(device)
 
 
 def main() -> None:
@@ -110,15 +122,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name}, torch {torch.__version__}")
-    print(f"{'model':10s} {'batch':>5s} {'gradient ms':>12s} {'iteration ms':>13s} {'ratio':>6s} {'peak MiB':>9s}")
+    print(f"{'model':10s} {'batch':>5s} {'gradient ms':>12s} {'torch 2nd ms':>13s} {'iteration ms':>13s} "
+          f"{'ratio':>6s} {'2nd ratio':>9s} {'iter/2nd':>8s} {'peak MiB':>9s}")
     for model in args.models.split(","):
         arch, params = MODELS[model]
         for batch in (int(b) for b in args.batches.split(",")):
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as fresh:
-                gradient, iteration, peak = fresh.submit(measure, arch, params, batch, args.device, args.repeats,
-                                                         args.threads).result()
-            print(f"{model:10s} {batch:5d} {gradient * 1e3:12.1f} {iteration * 1e3:13.1f} {iteration / gradient:6.2f} "
-                  f"{peak:9.0f}")
+                gradient, floor, iteration, peak = fresh.submit(measure, arch, params, batch, args.device,
+                                                                args.repeats, args.threads).result()
+            print(f"{model:10s} {batch:5d} {gradient * 1e3:12.1f} {floor * 1e3:13.1f} {iteration * 1e3:13.1f} "
+                  f"{iteration / gradient:6.2f} {floor / gradient:9.2f} {iteration / floor:8.2f} {peak:9.0f}")
 
 
 if __name__ == "__main__":

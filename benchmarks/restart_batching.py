@@ -1,10 +1,12 @@
 """IG's restarts vmapped together against the same restarts one after another, and against a single restart.
 
-Runs ``InvertingGradients.reconstruct`` at batch size 1 with ``restarts`` 1 and R: batched (the default wherever the
-client's simulation allows it) and sequential (the same attack given a plain function instead of the client's
-method, which turns batching off). Prints seconds per run, R batched over one restart (the target: at most 3 on CPU
-for the small models, at most 2 on a GPU), batched over sequential, and the largest pixel difference between the
-batched and sequential reconstructions (float32 rounding of the batched kernels; zero in float64, see the tests).
+Runs ``InvertingGradients.reconstruct`` at batch size 1 with ``restarts`` 1 and R: batched (forced, whatever the
+model's size) and sequential (the same attack given a plain function instead of the client's method, which turns
+batching off). Prints seconds per run, R batched over one restart (the target: at most 3 on CPU for the small
+models, at most 2 on a GPU), batched over sequential, the path IG takes by default (``_batch_restarts``: on CPU it
+batches only small models, ``CPU_BATCHED_RESTART_FLOATS``, measured here) and the largest pixel difference between
+the batched and sequential reconstructions (float32 rounding of the batched kernels; zero in float64, see the
+tests).
 Usage:
 
     python benchmarks/restart_batching.py [--device cpu|cuda] [--threads 1] [--restarts 8] [--iterations 20]
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from unittest import mock
 
 import torch
 
 from giabench import data, models, protocols
+from giabench.attacks import optimization
 from giabench.attacks.base import ServerView
 from giabench.attacks.optimization import InvertingGradients
 from giabench.defenses.baselines import NoDefense
@@ -52,7 +56,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name}; IG at B=1, {args.iterations} iterations, R={args.restarts}")
     print(f"{'model':10s} {'one s':>7s} {'R seq s':>8s} {'R batched s':>12s} {'batched/one':>12s} "
-          f"{'batched/seq':>12s} {'max |pixel diff|':>17s}")
+          f"{'batched/seq':>12s} {'default':>10s} {'max |pixel diff|':>17s}")
     for label in args.models.split(","):
         arch, params = MODELS[label]
         model = models.build(arch, params, imageset, "untrained", 0).to(args.device).eval()
@@ -65,10 +69,12 @@ def main() -> None:
         timed_run(single, view, client.simulate, args.device)  # warm-up
         one, _ = timed_run(single, view, client.simulate, args.device)
         sequential, by_one = timed_run(several, view, lambda x, y, c=client: c.simulate(x, y), args.device)
-        batched, together = timed_run(several, view, client.simulate, args.device)
+        with mock.patch.object(optimization, "CPU_BATCHED_RESTART_FLOATS", float("inf")):
+            batched, together = timed_run(several, view, client.simulate, args.device)
+        default = "batched" if several._batch_restarts(view, client.simulate) else "sequential"
         diff = float((together.images - by_one.images).abs().max())
         print(f"{label:10s} {one:7.2f} {sequential:8.2f} {batched:12.2f} {batched / one:12.2f} "
-              f"{batched / sequential:12.2f} {diff:17.2e}")
+              f"{batched / sequential:12.2f} {default:>10s} {diff:17.2e}")
 
 
 if __name__ == "__main__":

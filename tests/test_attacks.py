@@ -102,3 +102,19 @@ def test_batched_restarts_take_the_steps_of_sequential_restarts(arch, mode, defe
     assert torch.allclose(batched.images, one_by_one.images, atol=1e-9)
     assert batched.extra["objective"] == pytest.approx(one_by_one.extra["objective"], rel=1e-9)
     assert batched.trace == pytest.approx(one_by_one.trace, rel=1e-9)
+
+
+def test_ig_batches_restarts_on_cpu_only_while_the_per_restart_gradients_stay_small():
+    """lenet (16k weights) batches 8 restarts; the CIFAR MLP (789k weights: 6.3M floats for 8 restarts) runs them one
+    by one, where batching was measured slower (benchmarks/restart_batching.py); a plain function never batches."""
+    d = data.load("cifar10-sample")
+    x, y = data.sample(d, 1, seed=0)
+    ig = attacks.get("ig")(iterations=1, restarts=8)
+    chosen = {}
+    for arch in ("lenet", "mlp"):
+        model = models.build(arch, {}, d, "untrained", 0).eval()
+        protocol = protocols.build("fedsgd", {}, model)
+        client = defenses.get("none")(protocol)
+        view = ServerView(model, protocol, client.share(x, y, torch.Generator()), {}, d.shape, 10, 1, y)
+        chosen[arch] = ig._batch_restarts(view, client.simulate), ig._batch_restarts(view, lambda *a: None)
+    assert chosen == {"lenet": (True, False), "mlp": (False, False)}
