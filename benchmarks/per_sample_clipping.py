@@ -2,8 +2,9 @@
 
 DP-SGD, DIFF2 and post-noise sketching clip every per-sample gradient, sum_i min(1, C/||g_i||) g_i. The client
 computes it once per local step; an adaptive attacker computes it, with a graph, at every iteration and
-differentiates it in the dummy images. Both are timed here, for each model and batch size, with the largest
-difference between the two sums. Usage:
+differentiates it in the dummy images. Both are timed here, for each model and batch size (vmap forced, whatever
+the size), with the largest difference between the two sums and the path ``per_sample_gradients`` takes by default
+(on CPU it vmaps only while batch x parameters stays under ``CPU_VMAP_SAMPLE_FLOATS``, measured here). Usage:
 
     python benchmarks/per_sample_clipping.py [--threads 1] [--repeats 3] [--batches 8,32] [--device cpu]
 """
@@ -11,6 +12,7 @@ difference between the two sums. Usage:
 from __future__ import annotations
 
 import argparse
+from unittest import mock
 
 import torch
 from attack_speed import timed  # a sibling script: benchmarks/ is on the path when run as a script
@@ -42,10 +44,11 @@ def compare(protocol, x, y, repeats: int, device: str) -> tuple[list[float], lis
         total = fn(protocol, protocol.params, z, y, 1.0)
         return torch.autograd.grad(sum(v.pow(2).sum() for v in total.values()), z)
 
-    fast, slow = client(clipped_sum), client(looped_sum)
-    diff = max(float((fast[k] - slow[k]).abs().max()) for k in fast)
-    return ([timed(lambda f=f: client(f), repeats, device) * 1e3 for f in (looped_sum, clipped_sum)],
-            [timed(lambda f=f: attacker(f), repeats, device) * 1e3 for f in (looped_sum, clipped_sum)], diff)
+    with mock.patch.object(protocols, "CPU_VMAP_SAMPLE_FLOATS", float("inf")):  # vmap whatever the size
+        fast, slow = client(clipped_sum), client(looped_sum)
+        diff = max(float((fast[k] - slow[k]).abs().max()) for k in fast)
+        return ([timed(lambda f=f: client(f), repeats, device) * 1e3 for f in (looped_sum, clipped_sum)],
+                [timed(lambda f=f: attacker(f), repeats, device) * 1e3 for f in (looped_sum, clipped_sum)], diff)
 
 
 def main() -> None:
@@ -59,7 +62,7 @@ def main() -> None:
     imageset = data.load("cifar10-sample")
     print(f"device {args.device}, {torch.get_num_threads()} threads")
     print(f"{'model':10s} {'B':>3s} {'client loop ms':>15s} {'vmap ms':>8s} {'x':>5s} "
-          f"{'attacker loop ms':>17s} {'vmap ms':>8s} {'x':>5s} {'max |diff|':>10s}")
+          f"{'attacker loop ms':>17s} {'vmap ms':>8s} {'x':>5s} {'max |diff|':>10s} {'default':>7s}")
     for arch, params in MODELS:
         model = models.build(arch, params, imageset, "untrained", 0).to(args.device).eval()
         protocol = protocols.build("fedsgd", {}, model)
@@ -69,8 +72,9 @@ def main() -> None:
             x, y = x.repeat(repeat, 1, 1, 1)[:batch].to(args.device), y.repeat(repeat)[:batch].to(args.device)
             client, attack, diff = compare(protocol, x, y, args.repeats, args.device)
             name = f"{arch}{params.get('width', '')}"
+            default = "vmap" if protocol.vmaps_samples(protocol.params, batch) else "loop"
             print(f"{name:10s} {batch:3d} {client[0]:15.1f} {client[1]:8.1f} {client[0] / client[1]:5.1f} "
-                  f"{attack[0]:17.1f} {attack[1]:8.1f} {attack[0] / attack[1]:5.1f} {diff:10.2e}")
+                  f"{attack[0]:17.1f} {attack[1]:8.1f} {attack[0] / attack[1]:5.1f} {diff:10.2e} {default:>7s}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,13 @@ from giabench.registry import coerce
 Update = dict[str, torch.Tensor]
 GradRule = Callable[["Protocol", Update, torch.Tensor, torch.Tensor], Update]
 
+#: Largest batch x parameters for which per-sample gradients are vmapped on CPU; past it one gradient per sample is
+#: faster, the vmapped convolutions' per-sample weight gradients becoming grouped convolutions
+#: (benchmarks/per_sample_clipping.py, 1 thread, loop time / vmap time for the client and the attacker): lenet B=32
+#: (B x P = 0.5M) 5.4 / 4.7, convnet16 B=32 (6.0M) 1.0 / 1.2, convnet64 B=8 (23M) 0.9 / 1.0, B=32 0.7 / 0.7,
+#: resnet18 B=8 (89M) 0.7 / 0.7.
+CPU_VMAP_SAMPLE_FLOATS = 8_000_000
+
 
 class Protocol:
     """Binds a model to a local training rule. ``params`` are the broadcast weights (the attacker knows them)."""
@@ -65,11 +72,20 @@ class Protocol:
         differences, where the plain pass agrees to 1e-8 (measured on a tanh ConvNet)."""
         return not (self.model.training and self.running_stats)
 
+    def vmaps_samples(self, params: Update, batch: int) -> bool:
+        """Whether ``per_sample_gradients`` vmaps: exact (``vmap_exact``) and, on CPU, batch x parameters at most
+        ``CPU_VMAP_SAMPLE_FLOATS``."""
+        on_cpu = next(iter(params.values())).device.type == "cpu"
+        size = batch * sum(v.numel() for v in params.values())
+        return self.vmap_exact and (not on_cpu or size <= CPU_VMAP_SAMPLE_FLOATS)
+
     def per_sample_gradients(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> Update:
         """g_i = grad_w CE(f_w(x_i), y_i) for every sample i, each tensor with a leading batch dimension;
         differentiable in ``x``, as ``gradient`` is. All at once (``torch.func.vmap`` of ``torch.func.grad``) where
-        that is exact (``vmap_exact``), else one sample at a time; each sample is a batch of one either way."""
-        if not self.vmap_exact:
+        that is exact and, on CPU, faster (``vmaps_samples``), else one sample at a time; each sample is a batch of
+        one either way. The choice depends only on the device, the model and the batch size, so results stay
+        reproducible from their configuration."""
+        if not self.vmaps_samples(params, x.shape[0]):
             looped = [self.gradient(params, x[i:i + 1], y[i:i + 1]) for i in range(x.shape[0])]
             return {k: torch.stack([g[k] for g in looped]) for k in params}
         return vmap(grad(lambda p, xi, yi: self.loss(p, xi[None], yi[None])), in_dims=(None, 0, 0))(params, x, y)

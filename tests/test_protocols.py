@@ -110,3 +110,14 @@ def test_second_derivatives_through_train_mode_batch_norm_need_the_plain_pass():
     batched = float((torch.autograd.grad(vmap(objective)(batched).sum(), batched)[0][0] * direction).sum())
     assert abs(plain - numeric) < 1e-7 * abs(numeric)
     assert abs(batched - numeric) > 1e-5 * abs(numeric)
+
+
+def test_per_sample_gradients_vmap_on_cpu_only_where_that_is_faster():
+    """lenet at B=32 (0.5M floats of per-sample gradients) vmaps; ResNet-18 at B=8 (89M) loops, where the vmapped
+    pass was measured slower (benchmarks/per_sample_clipping.py); train-mode batch norm loops whatever the size."""
+    chosen = {}
+    for name, mode, batch in (("lenet", "eval", 32), ("resnet18", "eval", 8), ("convnet", "train", 2)):
+        model = getattr(models.build(name, {"width": 8} if name == "convnet" else {}, D, "untrained", 0), mode)()
+        protocol = protocols.build("fedsgd", {}, model)
+        chosen[name] = protocol.vmaps_samples(protocol.params, batch)
+    assert chosen == {"lenet": True, "resnet18": False, "convnet": False}
