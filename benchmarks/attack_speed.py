@@ -33,17 +33,25 @@ from giabench.defenses.baselines import NoDefense
 
 def timed(fn, repeats: int, device: str) -> float:
     """The median wall time of ``repeats`` calls after one warm-up (synchronizing CUDA around each)."""
-    fn()  # warm-up
-    times = []
+    return timed_together([fn], repeats, device)[0]
+
+
+def timed_together(fns, repeats: int, device: str) -> list[float]:
+    """The median wall time of each function over ``repeats`` rounds that call them in turn, after one warm-up each:
+    interleaved, so a slow spell of a shared machine falls on all of them alike and their ratios stay fair."""
+    for fn in fns:
+        fn()  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, spent in zip(fns, times, strict=True):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
 
 
 MODELS = {"convnet16": ("convnet", {"width": 16}), "convnet64": ("convnet", {"width": 64}),
@@ -105,9 +113,10 @@ def measure(arch: str, params: dict, batch: int, device: str, repeats: int, thre
         loss = attack.objective(z, view.labels.to(device), client.simulate, message, mean, std)
         torch.autograd.grad(loss, z)
 
-    gradient, floor = timed(plain, repeats, device), timed(second_order, repeats, device)
     reset_peak_memory(device)
-    return gradient, floor, timed(iteration, repeats, device), peak_memory_mib(device)
+    iteration()
+    peak = peak_memory_mib(device)
+    return (*timed_together([plain, second_order, iteration], repeats, device), peak)
 
 
 def main() -> None:
