@@ -4,13 +4,17 @@ Steps (each timed, all output also written to OUT/gpu_check.txt):
 - ``speed``: ``attack_speed.py`` on the device, ConvNet width 64 and ResNet-18 at B = 1, 8, 32, 64: ms per plain
   gradient and per IG iteration, their ratio, peak memory;
 - ``clipping``: ``per_sample_clipping.py`` at B = 8, 32: the vectorised per-sample clipping against the loop;
+- ``restarts``: ``restart_batching.py``: 8 IG restarts vmapped together against one restart and against 8 in turn
+  (the GPU target: at most 2x one restart);
+- ``double``: ``conv_double_backward.py``: the share of torch's convolution double backward spent on the weight
+  derivative nobody asked for (cuDNN's path, beside the CPU figure);
 - ``smoke``: the smoke suite on the device, judged by the regression gate against the committed CPU baseline (the
   gate's tolerances; its exact settings are owed to within 0.01 dB only where the result is exact);
 - ``shared``: the smoke suite again with several cells sharing the card (``--workers``), wall time beside ``smoke``.
 
 It runs on CPU too (``--device cpu`` takes smaller sizes), which is how it is tested where no GPU is lent. Usage:
 
-    python benchmarks/gpu_check.py [--device cuda|cpu] [--out DIR] [--steps speed,clipping,smoke,shared]
+    python benchmarks/gpu_check.py [--device cuda|cpu] [--out DIR] [--steps speed,clipping,restarts,double,smoke,shared]
                                    [--workers 4]
 """
 
@@ -23,15 +27,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("speed", "clipping", "smoke", "shared")
-SIZES = {  # per device: (attack_speed models, batches, repeats), (clipping batches, repeats)
-    "cuda": (("convnet64,resnet18", "1,8,32,64", "5"), ("8,32", "5")),
-    "cpu": (("convnet16", "1,2", "1"), ("2", "1")),
+STEPS = ("speed", "clipping", "restarts", "double", "smoke", "shared")
+SIZES = {  # per device: (attack_speed models, batches, repeats), (clipping batches, repeats), (restart models,
+    # iterations), double backward repeats
+    "cuda": (("convnet64,resnet18", "1,8,32,64", "5"), ("8,32", "5"), ("lenet,mlp,convnet16,convnet64", "20"), "7"),
+    "cpu": (("convnet16", "1,2", "1"), ("2", "1"), ("lenet", "2"), "1"),
 }
 
 
 def commands(device: str, out: Path, workers: int) -> dict[str, list[str]]:
-    (models, batches, repeats), (clip_batches, clip_repeats) = SIZES[device]
+    (models, batches, repeats), (clip_batches, clip_repeats), (restart_models, iterations), double = SIZES[device]
     python, giabench = sys.executable, [sys.executable, "-m", "giabench"]
     gate = ["regress", "--suite", "smoke", "--baseline", str(ROOT / "leaderboard/baselines/smoke.csv"),
             "--device", device, "--quiet"]
@@ -40,6 +45,10 @@ def commands(device: str, out: Path, workers: int) -> dict[str, list[str]]:
                   "--models", models, "--batches", batches, "--repeats", repeats],
         "clipping": [python, str(ROOT / "benchmarks/per_sample_clipping.py"), "--device", device, "--threads", "1",
                      "--batches", clip_batches, "--repeats", clip_repeats],
+        "restarts": [python, str(ROOT / "benchmarks/restart_batching.py"), "--device", device, "--threads", "1",
+                     "--models", restart_models, "--iterations", iterations],
+        "double": [python, str(ROOT / "benchmarks/conv_double_backward.py"), "--device", device, "--threads", "1",
+                   "--repeats", double],
         "smoke": [*giabench, *gate, "--out", str(out / "smoke")],
         "shared": [*giabench, *gate, "--out", str(out / "shared"), "--workers", str(workers)],
     }
