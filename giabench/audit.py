@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from giabench import threats
+from giabench import protocols, threats
 from giabench.errors import ConfigError
 
 LEAK_DB = 25.0  # an image counts as reconstructed above this PSNR
@@ -233,8 +233,8 @@ def local_steps(row) -> int:
     params = json.loads(row["protocol_params"]) if isinstance(row["protocol_params"], str) else row["protocol_params"]
     if row["protocol"] != "fedavg":
         return 1
-    local = params.get("batch_size") or row["batch_size"]
-    return int(params.get("epochs", 1)) * -(-int(row["batch_size"]) // int(local))
+    epochs, local_batch = int(params.get("epochs", 1)), int(params.get("batch_size", 0))
+    return protocols.fedavg_steps(int(row["batch_size"]), epochs, local_batch)
 
 
 def check_model(net: nn.Module, shape: tuple[int, ...], num_classes: int, where: str) -> None:

@@ -114,6 +114,11 @@ class FedSGD(Protocol):
         return (rule or mean_gradient)(self, self.params, x, y)
 
 
+def fedavg_steps(batch: int, epochs: int, local_batch: int) -> int:
+    """SGD steps in one FedAvg update: epochs x ceil(B / b), b = 0 meaning the whole batch."""
+    return epochs * -(-batch // (local_batch or batch))
+
+
 class FedAvg(Protocol):
     """``epochs`` passes of SGD with step ``lr`` over minibatches of ``batch_size`` in the given order; the update is
     ``w_0 - w_K``."""
@@ -136,7 +141,7 @@ class FedAvg(Protocol):
         return [slice(i, min(i + b, n)) for i in range(0, n, b)]
 
     def local_steps(self, x):
-        return self.epochs * len(self._batches(x.shape[0]))
+        return fedavg_steps(x.shape[0], self.epochs, self.batch_size)
 
     def update(self, x, y, rule=None):
         rule = rule or mean_gradient

@@ -121,3 +121,19 @@ def test_per_sample_gradients_vmap_on_cpu_only_where_that_is_faster():
         protocol = protocols.build("fedsgd", {}, model)
         chosen[name] = protocol.vmaps_samples(protocol.params, batch)
     assert chosen == {"lenet": True, "resnet18": False, "convnet": False}
+
+
+@pytest.mark.parametrize("epochs,local_batch", [(1, 0), (2, 3), (3, 4)])
+def test_fedavg_declares_the_steps_it_takes(epochs, local_batch):
+    """The accountant's step count (``local_steps``, and ``fedavg_steps`` that the audit reads from result rows) is
+    the number of gradient evaluations one update makes: epochs x ceil(B / b)."""
+    model, x, y = _setup()
+    protocol = protocols.build("fedavg", {"epochs": epochs, "batch_size": local_batch, "lr": 0.1}, model)
+    calls = []
+
+    def counting(protocol, params, xb, yb):
+        calls.append(len(xb))
+        return protocol.gradient(params, xb, yb)
+
+    protocol.update(x, y, counting)
+    assert len(calls) == protocol.local_steps(x) == protocols.fedavg_steps(len(x), epochs, local_batch)
