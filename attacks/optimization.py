@@ -217,9 +217,10 @@ class InvertingGradients(Attack):
     def _batch_restarts(self, view, simulate) -> bool:
         """Whether the restarts run vmapped together: the client's simulation must allow it (``Client.vmappable``,
         ``Protocol.vmap_exact``) and, on CPU, the R per-restart weight gradients must stay small (R x parameters at
-        most ``CPU_BATCHED_RESTART_FLOATS``); past that the batched pass streams them through memory where restarts
-        one by one stay in cache, and is slower (benchmarks/restart_batching.py). The choice depends only on the
-        device, the model and R, so a result is reproducible from its configuration and numerics settings."""
+        most ``CPU_BATCHED_RESTART_FLOATS``); past that the batched pass, which materializes R weight gradients
+        where one restart holds one (small enough for the cache), was measured slower
+        (benchmarks/restart_batching.py). The choice depends only on the device, the model and R, so a result is
+        reproducible from its configuration and numerics settings."""
         client = getattr(simulate, "__self__", None)
         if self.restarts == 1 or not getattr(client, "vmappable", False) or not view.protocol.vmap_exact:
             return False
