@@ -173,7 +173,7 @@ class InvertingGradients(Attack):
     run, pixels clamped to [0, 1] after every step, and ``restarts`` independent runs of which the lowest final
     objective wins. Where the client's simulation can be vmapped (``Client.vmappable``), its second derivatives
     stay exact (``Protocol.vmap_exact``: no batch norm in train mode) and, on CPU, the model is small enough
-    (``_batch_restarts``), several restarts run together, the objective vmapped over them: the same starting points
+    (``Protocol.vmap_pays``), several restarts run together, the objective vmapped over them: the same starting points
     and steps as one after another (Adam is elementwise), at a fraction of R restarts' time where per-call overhead
     dominates (lenet: 8 restarts in 2.7x the time of one); only the batched kernels' float rounding differs from
     running them one by one."""
@@ -215,18 +215,13 @@ class InvertingGradients(Attack):
                               {"objective": finals[best]})
 
     def _batch_restarts(self, view, simulate) -> bool:
-        """Whether the restarts run vmapped together: the client's simulation must allow it (``Client.vmappable``,
-        ``Protocol.vmap_exact``) and, on CPU, the R per-restart weight gradients must stay small (R x parameters at
-        most ``CPU_BATCHED_RESTART_FLOATS``); past that the batched pass, which materializes R weight gradients
-        where one restart holds one (small enough for the cache), was measured slower
-        (benchmarks/restart_batching.py). The choice depends only on the device, the model and R, so a result is
-        reproducible from its configuration and numerics settings."""
+        """Whether the restarts run vmapped together: the client's simulation must allow it (``Client.vmappable``)
+        and the protocol must find it exact and worth it (``Protocol.vmap_pays``: on CPU, R x parameters at most
+        ``CPU_BATCHED_RESTART_FLOATS``; past that the batched pass, which materializes R weight gradients where one
+        restart holds one, was measured slower, benchmarks/restart_batching.py)."""
         client = getattr(simulate, "__self__", None)
-        if self.restarts == 1 or not getattr(client, "vmappable", False) or not view.protocol.vmap_exact:
-            return False
-        if view.model.mean.device.type != "cpu":
-            return True
-        return self.restarts * sum(p.numel() for p in view.model.parameters()) <= CPU_BATCHED_RESTART_FLOATS
+        return (self.restarts > 1 and getattr(client, "vmappable", False)
+                and view.protocol.vmap_pays(self.restarts, CPU_BATCHED_RESTART_FLOATS))
 
     def _batched(self, z, y, simulate, obs, mean, std, low, high, trace, progress):
         """All restarts as one leaf of shape (R, B, C, H, W); the trace is written restart by restart, as the

@@ -5,8 +5,8 @@ create_graph) and then differentiates the matching loss with respect to the dumm
 floor is about 2 plain gradients in arithmetic. The ``torch 2nd`` column is what torch itself takes for that
 second-order pass with the cheapest objective (a fixed inner product with the weight gradient, no cosine, no TV):
 IG's iteration over it is the cost of our objective and plumbing, the rest is torch's double backward (whose
-convolution rule also computes each layer's weight derivative, whatever its output mask asks: seen on CPU, about a
-fifth of a wide layer's second-order work). Peak memory of the attack iterations: resident set size on CPU (the
+convolution rule also computes each layer's weight derivative, whatever its output mask asks: its share,
+benchmarks/conv_double_backward.py). Peak memory of the attack iterations: resident set size on CPU (the
 whole process, torch included; Linux's VmHWM), ``torch.cuda.max_memory_allocated`` on CUDA; each row runs in a
 fresh process, so no row inherits another's peak or allocator cache. Usage:
 
@@ -80,19 +80,29 @@ def batch_of(imageset, batch: int, device: str) -> tuple[torch.Tensor, torch.Ten
     return x.repeat(repeat, 1, 1, 1)[:batch].to(device), y.repeat(repeat)[:batch].to(device)
 
 
-def measure(arch: str, params: dict, batch: int, device: str, repeats: int, threads: int = 0
-            ) -> tuple[float, float, float]:
-    """(s of one plain gradient, of torch's second-order pass, of one attack iteration; peak MiB of the
-    iterations)."""
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+
+
+def undefended_round(label: str, imageset, x: torch.Tensor, y: torch.Tensor, device: str):
+    """The zoo model ``label`` (``MODELS``, untrained, eval mode) on ``device`` and one undefended FedSGD round on
+    (x, y): (model, client, the server's view with the labels)."""
+    arch, params = MODELS[label]
+    model = models.build(arch, params, imageset, "untrained", 0).to(device).eval()
+    client = NoDefense(protocols.build("fedsgd", {}, model))
+    view = ServerView(model, client.protocol, client.share(x, y, torch.Generator()), {}, imageset.shape,
+                      imageset.num_classes, len(x), y.cpu())
+    return model, client, view
+
+
+def measure(label: str, batch: int, device: str, repeats: int, threads: int = 0) -> tuple[float, ...]:
+    """(s of one plain gradient, of torch's second-order pass, of one attack iteration; peak MiB of one
+    iteration)."""
     if threads:
         torch.set_num_threads(threads)
     imageset = data.load("cifar10-sample")
     x, y = batch_of(imageset, batch, device)
-    model = models.build(arch, params, imageset, "untrained", 0).to(device).eval()
-    protocol = protocols.build("fedsgd", {}, model)
-    client = NoDefense(protocol)
-    message = client.share(x, y, torch.Generator())
-    view = ServerView(model, protocol, message, {}, imageset.shape, imageset.num_classes, batch, y.cpu())
+    model, client, view = undefended_round(label, imageset, x, y, device)
 
     def plain():
         model.zero_grad()
@@ -110,7 +120,7 @@ def measure(arch: str, params: dict, batch: int, device: str, repeats: int, thre
     z = torch.randn_like(x).requires_grad_(True)
 
     def iteration():  # the work of one step: the objective and its gradient in the dummy images
-        loss = attack.objective(z, view.labels.to(device), client.simulate, message, mean, std)
+        loss = attack.objective(z, view.labels.to(device), client.simulate, view.message, mean, std)
         torch.autograd.grad(loss, z)
 
     reset_peak_memory(device)
@@ -129,16 +139,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}, torch {torch.__version__}")
+    print(f"device: {device_name(args.device)}, torch {torch.__version__}")
     print(f"{'model':10s} {'batch':>5s} {'gradient ms':>12s} {'torch 2nd ms':>13s} {'iteration ms':>13s} "
           f"{'ratio':>6s} {'2nd ratio':>9s} {'iter/2nd':>8s} {'peak MiB':>9s}")
     for model in args.models.split(","):
-        arch, params = MODELS[model]
         for batch in (int(b) for b in args.batches.split(",")):
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as fresh:
-                gradient, floor, iteration, peak = fresh.submit(measure, arch, params, batch, args.device,
-                                                                args.repeats, args.threads).result()
+                gradient, floor, iteration, peak = fresh.submit(measure, model, batch, args.device, args.repeats,
+                                                                args.threads).result()
             print(f"{model:10s} {batch:5d} {gradient * 1e3:12.1f} {floor * 1e3:13.1f} {iteration * 1e3:13.1f} "
                   f"{iteration / gradient:6.2f} {floor / gradient:9.2f} {iteration / floor:8.2f} {peak:9.0f}")
 

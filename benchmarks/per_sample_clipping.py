@@ -4,7 +4,8 @@ DP-SGD, DIFF2 and post-noise sketching clip every per-sample gradient, sum_i min
 computes it once per local step; an adaptive attacker computes it, with a graph, at every iteration and
 differentiates it in the dummy images. Both are timed here, for each model and batch size (vmap forced, whatever
 the size), with the largest difference between the two sums and the path ``per_sample_gradients`` takes by default
-(on CPU it vmaps only while batch x parameters stays under ``CPU_VMAP_SAMPLE_FLOATS``, measured here). Usage:
+(``Protocol.vmap_pays``: on CPU it vmaps only while batch x parameters stays under ``CPU_VMAP_SAMPLE_FLOATS``,
+measured here). Usage:
 
     python benchmarks/per_sample_clipping.py [--threads 1] [--repeats 3] [--batches 8,32] [--device cpu]
 """
@@ -15,13 +16,13 @@ import argparse
 from unittest import mock
 
 import torch
-from attack_speed import timed  # a sibling script: benchmarks/ is on the path when run as a script
+from attack_speed import MODELS, batch_of, timed  # a sibling script: benchmarks/ is on the path when run as a script
 
 from giabench import data, models, protocols
 from giabench.defenses.base import clip_update
 from giabench.defenses.dp_sgd import clipped_sum
 
-MODELS = (("lenet", {}), ("convnet", {"width": 16}), ("convnet", {"width": 64}), ("resnet18", {}))
+LABELS = ("lenet", "convnet16", "convnet64", "resnet18")  # of attack_speed.MODELS
 
 
 def looped_sum(protocol, params, x, y, clip):
@@ -63,16 +64,14 @@ def main() -> None:
     print(f"device {args.device}, {torch.get_num_threads()} threads")
     print(f"{'model':10s} {'B':>3s} {'client loop ms':>15s} {'vmap ms':>8s} {'x':>5s} "
           f"{'attacker loop ms':>17s} {'vmap ms':>8s} {'x':>5s} {'max |diff|':>10s} {'default':>7s}")
-    for arch, params in MODELS:
+    for name in LABELS:
+        arch, params = MODELS[name]
         model = models.build(arch, params, imageset, "untrained", 0).to(args.device).eval()
         protocol = protocols.build("fedsgd", {}, model)
         for batch in (int(b) for b in args.batches.split(",")):
-            x, y = data.sample(imageset, min(batch, len(imageset)), 0)
-            repeat = -(-batch // len(x))  # more samples than the set holds: repeat it
-            x, y = x.repeat(repeat, 1, 1, 1)[:batch].to(args.device), y.repeat(repeat)[:batch].to(args.device)
+            x, y = batch_of(imageset, batch, args.device)
             client, attack, diff = compare(protocol, x, y, args.repeats, args.device)
-            name = f"{arch}{params.get('width', '')}"
-            default = "vmap" if protocol.vmaps_samples(protocol.params, batch) else "loop"
+            default = "vmap" if protocol.vmap_pays(batch, protocols.CPU_VMAP_SAMPLE_FLOATS) else "loop"
             print(f"{name:10s} {batch:3d} {client[0]:15.1f} {client[1]:8.1f} {client[0] / client[1]:5.1f} "
                   f"{attack[0]:17.1f} {attack[1]:8.1f} {attack[0] / attack[1]:5.1f} {diff:10.2e} {default:>7s}")
 

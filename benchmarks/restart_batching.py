@@ -3,8 +3,8 @@
 Runs ``InvertingGradients.reconstruct`` at batch size 1 with ``restarts`` 1 and R: batched (forced, whatever the
 model's size) and sequential (the same attack given a plain function instead of the client's method, which turns
 batching off). Prints seconds per run, R batched over one restart (the target: at most 3 on CPU for the small
-models, at most 2 on a GPU), batched over sequential, the path IG takes by default (``_batch_restarts``: on CPU it
-batches only small models, ``CPU_BATCHED_RESTART_FLOATS``, measured here) and the largest pixel difference between
+models, at most 2 on a GPU), batched over sequential, the path IG takes by default (``Protocol.vmap_pays``: on CPU
+it batches only small models, ``CPU_BATCHED_RESTART_FLOATS``, measured here) and the largest pixel difference between
 the batched and sequential reconstructions (float32 rounding of the batched kernels; zero in float64, see the
 tests).
 Usage:
@@ -20,15 +20,11 @@ import time
 from unittest import mock
 
 import torch
+from attack_speed import batch_of, device_name, undefended_round  # a sibling script: benchmarks/ is on the path
 
-from giabench import data, models, protocols
+from giabench import data
 from giabench.attacks import optimization
-from giabench.attacks.base import ServerView
 from giabench.attacks.optimization import InvertingGradients
-from giabench.defenses.baselines import NoDefense
-
-MODELS = {"lenet": ("lenet", {}), "mlp": ("mlp", {}), "convnet16": ("convnet", {"width": 16}),
-          "convnet64": ("convnet", {"width": 64}), "resnet18": ("resnet18", {})}
 
 
 def timed_run(attack, view, simulate, device: str):
@@ -47,23 +43,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--restarts", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=20)
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default="lenet,mlp,convnet16,convnet64,resnet18")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     imageset = data.load("cifar10-sample")
-    x, y = data.sample(imageset, 1, 0)
-    x, y = x.to(args.device), y.to(args.device)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; IG at B=1, {args.iterations} iterations, R={args.restarts}")
+    x, y = batch_of(imageset, 1, args.device)
+    print(f"device: {device_name(args.device)}; IG at B=1, {args.iterations} iterations, R={args.restarts}")
     print(f"{'model':10s} {'one s':>7s} {'R seq s':>8s} {'R batched s':>12s} {'batched/one':>12s} "
           f"{'batched/seq':>12s} {'default':>10s} {'max |pixel diff|':>17s}")
     for label in args.models.split(","):
-        arch, params = MODELS[label]
-        model = models.build(arch, params, imageset, "untrained", 0).to(args.device).eval()
-        protocol = protocols.build("fedsgd", {}, model)
-        client = NoDefense(protocol)
-        view = ServerView(model, protocol, client.share(x, y, torch.Generator()), {}, imageset.shape,
-                          imageset.num_classes, 1, y.cpu())
+        _, client, view = undefended_round(label, imageset, x, y, args.device)
         single = InvertingGradients(iterations=args.iterations, restarts=1)
         several = InvertingGradients(iterations=args.iterations, restarts=args.restarts)
         timed_run(single, view, client.simulate, args.device)  # warm-up

@@ -72,20 +72,21 @@ class Protocol:
         differences, where the plain pass agrees to 1e-8 (measured on a tanh ConvNet)."""
         return not (self.model.training and self.running_stats)
 
-    def vmaps_samples(self, params: Update, batch: int) -> bool:
-        """Whether ``per_sample_gradients`` vmaps: exact (``vmap_exact``) and, on CPU, batch x parameters at most
-        ``CPU_VMAP_SAMPLE_FLOATS``."""
-        on_cpu = next(iter(params.values())).device.type == "cpu"
-        size = batch * sum(v.numel() for v in params.values())
-        return self.vmap_exact and (not on_cpu or size <= CPU_VMAP_SAMPLE_FLOATS)
+    def vmap_pays(self, copies: int, cpu_limit: float) -> bool:
+        """Whether ``copies`` passes (samples, restarts) run vmapped together: exact (``vmap_exact``) and worth it, on
+        CPU only while copies x parameters stays at most ``cpu_limit`` floats (past it, each measured slower than one
+        pass at a time: see the limits), elsewhere always. It depends only on the device, the model and ``copies``,
+        so results stay reproducible from their configuration and numerics settings."""
+        on_cpu = next(iter(self.params.values())).device.type == "cpu"
+        size = copies * sum(v.numel() for v in self.params.values())
+        return self.vmap_exact and (not on_cpu or size <= cpu_limit)
 
     def per_sample_gradients(self, params: Update, x: torch.Tensor, y: torch.Tensor) -> Update:
         """g_i = grad_w CE(f_w(x_i), y_i) for every sample i, each tensor with a leading batch dimension;
         differentiable in ``x``, as ``gradient`` is. All at once (``torch.func.vmap`` of ``torch.func.grad``) where
-        that is exact and, on CPU, faster (``vmaps_samples``), else one sample at a time; each sample is a batch of
-        one either way. The choice depends only on the device, the model and the batch size, so results stay
-        reproducible from their configuration."""
-        if not self.vmaps_samples(params, x.shape[0]):
+        that is exact and, on CPU, faster (``vmap_pays`` with ``CPU_VMAP_SAMPLE_FLOATS``), else one sample at a time;
+        each sample is a batch of one either way."""
+        if not self.vmap_pays(x.shape[0], CPU_VMAP_SAMPLE_FLOATS):
             looped = [self.gradient(params, x[i:i + 1], y[i:i + 1]) for i in range(x.shape[0])]
             return {k: torch.stack([g[k] for g in looped]) for k in params}
         return vmap(grad(lambda p, xi, yi: self.loss(p, xi[None], yi[None])), in_dims=(None, 0, 0))(params, x, y)

@@ -119,7 +119,7 @@ def test_per_sample_gradients_vmap_on_cpu_only_where_that_is_faster():
     for name, mode, batch in (("lenet", "eval", 32), ("resnet18", "eval", 8), ("convnet", "train", 2)):
         model = getattr(models.build(name, {"width": 8} if name == "convnet" else {}, D, "untrained", 0), mode)()
         protocol = protocols.build("fedsgd", {}, model)
-        chosen[name] = protocol.vmaps_samples(protocol.params, batch)
+        chosen[name] = protocol.vmap_pays(batch, protocols.CPU_VMAP_SAMPLE_FLOATS)
     assert chosen == {"lenet": True, "resnet18": False, "convnet": False}
 
 
