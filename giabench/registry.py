@@ -24,7 +24,8 @@ _BUILTIN_MODULES = {
                 "giabench.attacks.hypernet", "giabench.attacks.generative"),
     "defenses": ("giabench.defenses.baselines", "giabench.defenses.dp_sgd", "giabench.defenses.secagg",
                  "giabench.defenses.sketching", "giabench.defenses.diff2",
-                 "giabench.defenses.hidenseek", "giabench.defenses.hyperfl"),
+                 "giabench.defenses.hidenseek", "giabench.defenses.hyperfl", "giabench.defenses.quantization",
+                 "giabench.defenses.soteria"),
     "models": ("giabench.models",),
     "datasets": ("giabench.data",),
 }
