@@ -10,7 +10,7 @@ import torch
 from giabench import runner, suite
 from giabench.attacks.analytic import RobbingTheFed
 from giabench.attacks.optimization import InvertingGradients
-from giabench.defenses import dp_sgd
+from giabench.defenses import dp_sgd, quantization
 from giabench.leaderboard import regress, tables
 
 SMOKE = suite.load("smoke")
@@ -39,8 +39,12 @@ def _dp_sgd(c):
     return c["defense"]["name"] == "dp-sgd"
 
 
+def _sign_quantized(c):
+    return c["defense"]["name"] == "quantize" and c["defense"].get("scheme") == "sign"
+
+
 def test_the_mutated_settings_pass_unmutated(tmp_path):
-    failures, _ = _gate(tmp_path, lambda c: _ig_undefended(c) or _rtf(c) or _dp_sgd(c))
+    failures, _ = _gate(tmp_path, lambda c: _ig_undefended(c) or _rtf(c) or _dp_sgd(c) or _sign_quantized(c))
     assert failures == []
 
 
@@ -76,6 +80,13 @@ def test_gate_fails_naming_dp_sgd_when_its_noise_is_dropped(tmp_path, monkeypatc
     assert leaks == failures
     psnr = [line for line in leaks if ": psnr " in line]
     assert sorted(line.split("leaks more: ")[1].split(" ")[0] for line in psnr) == ["idlg", "ig"], failures
+
+
+def test_gate_fails_naming_quantize_when_it_sends_the_update_unquantized(tmp_path, monkeypatch):
+    monkeypatch.setattr(quantization, "scaled_sign", lambda u: u)  # the bytes still read 1 bit per entry
+    failures, _ = _gate(tmp_path, _sign_quantized)
+    assert failures and all(line.startswith("privacy regression: defense quantize leaks more") for line in failures)
+    assert any(": psnr " in line for line in failures), failures
 
 
 @pytest.mark.parametrize("metric", ["psnr", "ssim"])
