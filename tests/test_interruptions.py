@@ -36,9 +36,15 @@ def _write(tmp_path, text=SLOW, name="slow.yaml") -> str:
     return str(path)
 
 
+def _interruptible() -> None:
+    """SIGINT at its default in the run: a shell that starts the tests in the background (``nohup cmd &``) ignores
+    SIGINT in every process it starts, and the tests play a terminal's Ctrl-C on a foreground run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(suite, out, *extra):
     return subprocess.Popen([sys.executable, "-m", "giabench", "run", suite, "--out", str(out), "--quiet", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
 
 
 def _stored(out) -> int:
