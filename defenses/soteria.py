@@ -17,7 +17,6 @@ from torch.func import functional_call, vjp, vmap
 
 from giabench import checks
 from giabench.defenses.base import Client
-from giabench.errors import ConfigError
 from giabench.registry import defense
 
 JACOBIAN_CHUNK = 64  # representation units whose input gradients are computed in one vmapped pass
@@ -59,11 +58,8 @@ class Soteria(Client):
 
     @property
     def layer(self) -> str:
-        """The defended layer: the model's last linear layer."""
-        linear = [name for name, m in self.protocol.model.named_modules() if isinstance(m, torch.nn.Linear)]
-        if not linear:
-            raise ConfigError("defense soteria: the model has no linear layer whose input representation to defend")
-        return linear[-1]
+        """The defended layer: the model's last linear layer (the classifier)."""
+        return self.protocol.model.classifier_weight.removesuffix(".weight")
 
     def share(self, x, y, generator):
         scores = representation_scores(self.protocol, x, self.layer)
@@ -75,5 +71,5 @@ class Soteria(Client):
         mask = self.public.get("mask")
         if mask is None:
             raise RuntimeError("soteria: simulate() needs the mask of a shared message; call share() first")
-        weight = f"{self.layer}.weight"
+        weight = self.protocol.model.classifier_weight
         return {k: v * mask if k == weight else v for k, v in update.items()}

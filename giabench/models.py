@@ -67,6 +67,8 @@ class Classifier(nn.Module):
     def classifier_weight(self) -> str:
         """Parameter name of the last linear layer's weight (its gradient carries the labels)."""
         names = [name for name, m in self.named_modules() if isinstance(m, nn.Linear)]
+        if not names:
+            raise ConfigError("the model has no linear layer (the classifier whose weight gradient carries the labels)")
         return f"{names[-1]}.weight"
 
 

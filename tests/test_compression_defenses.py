@@ -111,6 +111,9 @@ def test_soteria_needs_a_shared_message_and_bad_values_are_refused():
         client.simulate(x, y)
     with pytest.raises(ConfigError, match="fraction"):
         _client("soteria", fraction=1.0)
+    headless = models.Classifier(torch.nn.Flatten(), D.mean, D.std)  # no linear layer to defend
+    with pytest.raises(ConfigError, match="no linear layer"):
+        defenses.get("soteria")(protocols.build("fedsgd", {}, headless)).share(x, y, torch.Generator())
     with pytest.raises(ConfigError, match="scheme"):
         _client("quantize", scheme="int3")
     with pytest.raises(ConfigError, match="bits"):
