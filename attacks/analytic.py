@@ -16,7 +16,8 @@ from torch import nn
 
 from giabench import checks
 from giabench.attacks import labels as label_methods
-from giabench.attacks.base import UNFILLED, Attack, Reconstruction
+from giabench.attacks.base import Attack
+from giabench.contracts import UNFILLED, Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
 
@@ -57,7 +58,15 @@ class FCInvert(Attack):
     """Exact inversion of a first fully connected layer: x = (dL/dW_i) / (dL/db_i) (Phong et al. 2018, Sec. 3)."""
 
     family = "analytic"
+    title = "linear-layer inversion"
     assumes = "the first layer is fully connected with a bias; labels inferred (iDLG rule) for the label score"
+
+    def applies(self, model, shape, protocol, batch_size):
+        first = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
+        if isinstance(first, nn.Linear) and first.bias is not None:
+            return None
+        what = type(first).__name__ if first is not None else "no parameterized layer"
+        return f"the first layer is {what}, not fully connected with a bias"
 
     def __init__(self, *, tol: float = 1e-3, labels: str = "inferred"):
         if tol <= 0:
@@ -89,11 +98,19 @@ class InferLabels(Attack):
     """Label inference only (no images): the label track. ``method`` is one of ``giabench.attacks.labels``."""
 
     family = "label"
+    title = "label inference"
     assumes = "non-negative penultimate features and cross-entropy; llg+ also surrogate data"
+
+    @classmethod
+    def for_audit(cls, level, shape):
+        return {"method": "llg"}
 
     def __init__(self, *, method: str = "llg"):
         self.labels = f"inferred:{method}"
         label_methods.parse(self.labels)
+
+    def describe(self):
+        return label_methods.TITLES[label_methods.parse(self.labels)]
 
     def reconstruct(self, view, simulate, generator, progress=None):
         y = label_methods.infer(self.labels, view, simulate)
@@ -154,7 +171,12 @@ class RobbingTheFed(Attack):
     holding exactly one of B samples is B (1 - 1/K)^(B-1)."""
 
     family = "analytic"
+    title = "Robbing the Fed"
     needs = ("modify-model", "surrogate-data")
+
+    @classmethod
+    def for_audit(cls, level, shape):
+        return {"bins": 64}
     assumes = "an active server that inserts the imprint block and knows the query's distribution (surrogate data)"
 
     def __init__(self, *, bins: int = 64, query: str = "avg", variant: str = "cumulative", gain: float = 1.0,

@@ -28,8 +28,9 @@ import torch
 
 from giabench import checks
 from giabench.attacks import labels as label_methods
-from giabench.attacks.base import Attack, Reconstruction
+from giabench.attacks.base import Attack
 from giabench.attacks.optimization import cosine_distance, total_variation
+from giabench.contracts import Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
 
@@ -82,6 +83,11 @@ class GenerativeAttack(Attack):
                               f"{', '.join((*SHIPPED, *BIGGAN))} or checkpoint:PATH")
         self.generator, self.labels, self.tv, self.restarts = generator, labels, tv, restarts
 
+    @classmethod
+    def for_audit(cls, level, shape):
+        raise NotApplicable(f"not in the battery: GIAS stands for the generative family ({cls.title} costs more "
+                            "at the same budget)")
+
     def setup(self, view, simulate):
         from giabench.attacks.generators import load
 
@@ -106,6 +112,19 @@ class GenerativeAttack(Attack):
 @attack("gias")
 class GIAS(GenerativeAttack):
     """Latent search, then per-image generator fine-tuning."""
+
+    title = "GIAS"
+
+    @classmethod
+    def for_audit(cls, level, shape):
+        from giabench.attacks.generators import SHIPPED, shape_of
+
+        found = [name for name in SHIPPED if shape_of(name) == tuple(shape)]
+        if not found:
+            made = ", ".join(f"{name}: {'x'.join(map(str, shape_of(name)))}" for name in SHIPPED)
+            raise NotApplicable(f"no shipped generator makes {'x'.join(map(str, shape))} images (they make {made})")
+        steps = {"quick": 50, "standard": 300, "thorough": 1000}[level]
+        return {"generator": found[0], "latent_iterations": steps, "finetune_iterations": steps}
 
     def __init__(self, *, generator: str = "dcgan-mnist", latent_iterations: int = 500, finetune_iterations: int = 500,
                  lr: float = 0.03, finetune_lr: float = 1e-4, tv: float = 1e-4, restarts: int = 1,
@@ -147,6 +166,8 @@ class GIAS(GenerativeAttack):
 @attack("ggl")
 class GGL(GenerativeAttack):
     """CMA-ES over the latent with the KL prior; the update is only evaluated, never differentiated."""
+
+    title = "GGL"
 
     def __init__(self, *, generator: str = "dcgan-mnist", budget: int = 1000, population: int = 20,
                  sigma: float = 0.5, kl: float = 0.1, tv: float = 0.0, restarts: int = 1, labels: str = "known"):
@@ -195,6 +216,8 @@ class GGL(GenerativeAttack):
 @attack("gifd")
 class GIFD(GenerativeAttack):
     """Latent, then each intermediate feature in turn, l1-ball-constrained; the best round wins."""
+
+    title = "GIFD"
 
     def __init__(self, *, generator: str = "dcgan-mnist", iterations: int = 200, lr: float = 0.1,
                  radii: list | None = None, l1_ratio: float = 0.05, end_stage: int = -1, kl: float = 0.0,

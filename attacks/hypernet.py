@@ -27,8 +27,8 @@ import torch
 from torch.func import functional_call
 
 from giabench import checks
-from giabench.attacks.base import Attack, Reconstruction
 from giabench.attacks.optimization import cosine_distance, initial_images, signed_adam, total_variation
+from giabench.contracts import Attack, Reconstruction
 from giabench.errors import NotApplicable
 from giabench.registry import attack
 
@@ -76,8 +76,14 @@ class HyperFLInvert(Attack):
     """Recover the private generated extractor from the hypernetwork update, then invert it with the head's error
     signal as a free variable (no labels needed)."""
 
+    title = "HyperFL inversion"
     needs = ("priors",)
     assumes = "the HyperFL mechanism and its public hypernetwork; image priors; no labels, no head"
+
+    @classmethod
+    def for_audit(cls, level, shape):
+        raise NotApplicable("not in the battery: it reads HyperFL's hypernetwork update, so it runs against defense "
+                            "hyperfl only (a suite with that defense)")
 
     def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1):
         checks.at_least("attack hyperfl-invert", 1, iterations=iterations, restarts=restarts)

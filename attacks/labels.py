@@ -142,6 +142,7 @@ def ilrg(view, simulate=None) -> torch.Tensor:
 
 
 METHODS = {"idlg": idlg, "yin": yin, "llg": llg, "llg+": llg_plus, "ilrg": ilrg}
+TITLES = {"idlg": "iDLG", "yin": "Yin", "llg": "LLG", "llg+": "LLG+", "ilrg": "iLRG"}
 NEEDS = {"llg+": {"surrogate-data"}}
 
 

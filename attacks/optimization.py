@@ -12,7 +12,9 @@ import torch
 
 from giabench import checks
 from giabench.attacks import labels as label_methods
-from giabench.attacks.base import Attack, Reconstruction
+from giabench.attacks.base import Attack
+from giabench.contracts import Reconstruction
+from giabench.errors import NotApplicable
 from giabench.registry import attack
 
 
@@ -79,7 +81,13 @@ class DLG(Attack):
     ``labels: optimized``, on dummy label logits y' = softmax(v)) minimizing sum_l || g'_l - g_l ||^2 (Eq. 4).
     One iteration is one L-BFGS step with one gradient evaluation."""
 
+    title = "DLG"
     assumes = "no prior; labels optimized jointly (or known / inferred)"
+
+    @classmethod
+    def for_audit(cls, level, shape):
+        raise NotApplicable("not in the battery: iDLG (the same objective, its label read off the gradient) and IG "
+                            "stand for it")
 
     def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "optimized"):
         checks.at_least(f"attack {self.registered_name}", 1, iterations=iterations)
@@ -129,7 +137,16 @@ class IDLG(DLG):
     """Improved DLG (Zhao, Mopuri, Bilen, arXiv 2001.02610): the label is read off the sign of the last layer's
     weight gradient (Sec. 3, see ``giabench.attacks.labels``), then DLG runs with that label fixed."""
 
+    title = "iDLG"
     assumes = "labels inferred from the last layer's gradient (iDLG rule)"
+
+    @classmethod
+    def for_audit(cls, level, shape):
+        return {"iterations": {"quick": 50, "standard": 300, "thorough": 1000}[level]}
+
+    def applies(self, model, shape, protocol, batch_size):
+        rule = self.labels in ("inferred", "inferred:idlg")
+        return "its label rule needs batch 1" if rule and batch_size != 1 else None
 
     def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "inferred"):
         super().__init__(iterations=iterations, lr=lr, labels=labels)
@@ -178,8 +195,14 @@ class InvertingGradients(Attack):
     dominates (lenet: 8 restarts in 2.7x the time of one); only the batched kernels' float rounding differs from
     running them one by one."""
 
+    title = "IG"
     needs = ("priors",)
     assumes = "image priors (total variation, pixel box); labels known (or inferred)"
+
+    @classmethod
+    def for_audit(cls, level, shape):
+        return {"iterations": {"quick": 50, "standard": 500, "thorough": 2000}[level],
+                "restarts": {"quick": 1, "standard": 1, "thorough": 2}[level]}
 
     def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1,
                  labels: str = "known"):

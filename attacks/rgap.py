@@ -25,7 +25,8 @@ from torch.func import grad, vjp
 from torch.func import jacfwd as _jacfwd
 
 from giabench.attacks import labels as label_methods
-from giabench.attacks.base import Attack, Reconstruction
+from giabench.attacks.base import Attack
+from giabench.contracts import Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
 
@@ -149,7 +150,17 @@ class RGAP(Attack):
     with the rank condition rank([W_i; K_i]) = dim(x_i) checked and reported per layer. FedSGD, batch 1."""
 
     family = "analytic"
+    title = "R-GAP"
     assumes = "batch 1, FedSGD, a chain of conv/linear layers with invertible activations, noiseless gradients"
+
+    def applies(self, model, shape, protocol, batch_size):
+        try:
+            blocks(copy.deepcopy(model).cpu().double(), tuple(shape))
+        except NotApplicable as exc:
+            return str(exc).removeprefix("rgap: ")
+        if protocol != "fedsgd":
+            return "it inverts a FedSGD gradient"
+        return "it needs batch 1" if batch_size != 1 else None
 
     def __init__(self, *, labels: str = "inferred"):
         label_methods.check(labels)

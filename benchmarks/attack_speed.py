@@ -26,8 +26,8 @@ from multiprocessing import get_context
 import torch
 
 from giabench import data, models, protocols
-from giabench.attacks.base import ServerView
 from giabench.attacks.optimization import InvertingGradients
+from giabench.contracts import ServerView
 from giabench.defenses.baselines import NoDefense
 
 

@@ -19,8 +19,8 @@ import torch
 from attack_speed import MODELS, batch_of, timed  # a sibling script: benchmarks/ is on the path when run as a script
 
 from giabench import data, models, protocols
-from giabench.defenses.base import clip_update
 from giabench.defenses.dp_sgd import clipped_sum
+from giabench.defenses.mechanisms import clip_update
 
 LABELS = ("lenet", "convnet16", "convnet64", "resnet18")  # of attack_speed.MODELS
 

@@ -17,7 +17,7 @@ import torch
 
 from giabench import data, metrics, models, protocols
 from giabench.attacks.analytic import RobbingTheFed
-from giabench.attacks.base import ServerView
+from giabench.contracts import ServerView
 from giabench.registry import defenses
 from giabench.runner import surrogate
 

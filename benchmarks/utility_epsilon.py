@@ -16,6 +16,7 @@ import argparse
 import math
 
 from giabench import utility
+from giabench.utility_config import UtilityConfig
 
 
 def independent_epsilon(z: float, releases: int, delta: float) -> float:
@@ -34,7 +35,7 @@ def main() -> None:
     for protocol, steps in (({"name": "fedsgd"}, 1), ({"name": "fedavg", "epochs": 2, "batch_size": 8, "lr": 0.1}, 4)):
         for adjacency in ("add-remove", "replace-one"):
             for rounds in args.rounds:
-                cfg = utility.UtilityConfig(dataset="mnist-5k", model={"name": "mlp", "width": 8},
+                cfg = UtilityConfig(dataset="mnist-5k", model={"name": "mlp", "width": 8},
                                             protocol=protocol, clients=2, rounds=rounds, batch=16, test_fraction=0.2,
                                             defenses=[{"name": "dp-sgd", "noise_multiplier": z,
                                                        "adjacency": adjacency}])

@@ -7,7 +7,8 @@ import math
 import torch
 
 from giabench import checks
-from giabench.defenses.base import Client, gaussian_like
+from giabench.contracts import Client
+from giabench.defenses.mechanisms import gaussian_like
 from giabench.registry import defense
 
 

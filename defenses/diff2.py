@@ -27,9 +27,12 @@ import math
 
 import torch
 
-from giabench import checks
-from giabench.defenses.base import Client, check_adjacency, clip_samples, gaussian_like, rdp_epsilon
+from giabench import checks, protocols
+from giabench.contracts import Client
+from giabench.defenses.mechanisms import clip_samples, gaussian_like
 from giabench.errors import ConfigError
+from giabench.federation import Federation, load_parameters, mean_update
+from giabench.privacy import check_adjacency, rdp_epsilon
 from giabench.protocols import Update
 from giabench.registry import defense
 
@@ -66,9 +69,43 @@ def epsilon(noise1: float, noise2: float, period: int, total_rounds: int, delta:
     return rdp_epsilon([(noise1, 1.0, restarts), (noise2, 1.0, total_rounds - restarts)], delta, adjacency)
 
 
+class DIFF2Federation(Federation):
+    """DIFF2-GD's server over training rounds: every node sends a restart (every ``period`` rounds) or a gradient
+    difference between the two latest iterates; the server keeps the running estimator v_r (restarted with the
+    restarts) and steps x_r = x_{r-1} - server_lr v_r whatever the protocol."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.estimator: Update | None = None
+        self.previous: Update | None = None  # x_{r-2}, the iterate before the current one
+
+    def round(self, index, draw, generator):
+        protocol = self.protocol()
+        current = {k: v.clone() for k, v in protocol.params.items()}
+        p = self.params
+        messages = []
+        for k in range(self.clients):
+            x, y = draw(k)
+            if index % p["period"] == 0 or self.previous is None:
+                messages.append(restart_message(protocol, current, x, y, p["clip1"], p["noise1"], generator))
+            else:
+                messages.append(difference_message(protocol, current, self.previous, x, y, p["clip2"], p["noise2"],
+                                                   generator))
+        mean = mean_update(messages, current)
+        client = self.client_type(protocols.build("fedsgd", {}, self.model), **{**p, "total_rounds": self.rounds})
+        self.last_cost = client.cost()
+        self.uploaded += self.clients * self.last_cost["bytes"]
+        restart = index % client.period == 0
+        self.estimator = mean if restart else {key: self.estimator[key] + mean[key] for key in mean}
+        self.previous = current
+        load_parameters(self.model, {key: current[key] - self.server_lr * self.estimator[key] for key in current})
+
+
 @defense("diff2")
 class DIFF2(Client):
     """DIFF2-GD on one node: restart every ``period`` rounds, clipped noisy gradient differences in between."""
+
+    federation = DIFF2Federation
 
     def __init__(self, protocol, *, clip1: float = 1.0, clip2: float = 1.0, noise1: float = 1.0, noise2: float = 1.0,
                  period: int = 10, rounds: int = 1, step: float = 0.01, view: str = "telescoped",

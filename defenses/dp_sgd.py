@@ -20,7 +20,9 @@ from __future__ import annotations
 import torch
 
 from giabench import checks
-from giabench.defenses.base import Client, check_adjacency, clip_samples, dp_cost, gaussian_like
+from giabench.contracts import Client
+from giabench.defenses.mechanisms import clip_samples, gaussian_like
+from giabench.privacy import check_adjacency, dp_cost
 from giabench.registry import defense
 
 

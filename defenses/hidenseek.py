@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from giabench import checks
-from giabench.defenses.base import Client
+from giabench.contracts import Client
 from giabench.errors import ConfigError
+from giabench.federation import Federation, mean_update
 from giabench.protocols import FedAvg, Update
 from giabench.registry import defense
 
@@ -63,9 +64,37 @@ def signs(z: torch.Tensor) -> torch.Tensor:
     return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
 
 
+class HideNSeekFederation(Federation):
+    """HideNseek's server over training rounds: the weights stay at theta0 and the server keeps the scores z; the
+    clients start from z and upload score updates (the server averages them and steps) or signs (the server takes a
+    majority vote, ties to +1). The SynFlow mask is computed once; clients differ only in their data."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.client = self.client_type(self.protocol(), **self.params)
+        self.scores = self.client.scores
+
+    def round(self, index, draw, generator):
+        self.client.scores = self.scores
+        messages = [self.client.share(*draw(k), generator) for k in range(self.clients)]
+        self.last_cost = self.client.cost()
+        self.uploaded += self.clients * self.last_cost["bytes"]
+        mean = mean_update(messages, self.scores)
+        if self.params["upload"] == "scores":
+            self.scores = {k: self.scores[k] - self.step * mean[k] for k in self.scores}
+        else:
+            scale = self.params["score_init"]
+            self.scores = {k: scale * torch.where(mean[k] >= 0, 1.0, -1.0) for k in self.scores}
+
+    def final_models(self):
+        return [{k: v.detach() for k, v in self.client.effective(self.scores).items()}]
+
+
 @defense("hidenseek")
 class HideNSeek(Client):
     """SynFlow mask at ``density`` on the server, sign-supermask training on the client, upload scores or signs."""
+
+    federation = HideNSeekFederation
 
     vmappable = False  # the simulated local round trains with torch.autograd inside
 

@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from giabench import checks
-from giabench.defenses.base import Client, clip_update
+from giabench.contracts import Client
+from giabench.defenses.mechanisms import clip_update
 from giabench.errors import ConfigError
+from giabench.federation import Federation
 from giabench.protocols import FedAvg, Update
 from giabench.registry import defense
 
@@ -82,10 +84,47 @@ def _keep(tensors: Update, create: bool) -> Update:
     return tensors if create else {k: t.detach().requires_grad_(True) for k, t in tensors.items()}
 
 
+class HyperFLFederation(Federation):
+    """HyperFL's server over training rounds: it averages the hypernetwork updates and steps Phi; every client keeps
+    its own embedding and head (drawn from ``private_seed + k``). The run's models are the clients' personalized
+    ones, each generated from its private embedding."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        protocol, p = self.protocol(), self.params
+        self.members = [self.client_type(protocol, **{**p, "private_seed": p["private_seed"] + k})
+                        for k in range(self.clients)]
+        self.phi = self.members[0].phi
+
+    def round(self, index, draw, generator):
+        messages = []
+        for k, client in enumerate(self.members):
+            client.phi = self.phi
+            x, y = draw(k)
+            message, client.embedding, client.head_params = (
+                _detached(part) for part in client.local_round(x, y, client.embedding, client.head_params))
+            messages.append(message)
+            self.last_cost = client.cost()
+            self.uploaded += self.last_cost["bytes"]
+        self.phi = {k: self.phi[k] - self.step * sum(m[k] for m in messages) / len(messages) for k in self.phi}
+
+    def final_models(self):
+        return [client.weights(self.phi, client.embedding, client.head_params) for client in self.members]
+
+    def cost(self):
+        return self.members[0].cost()
+
+
+def _detached(part):
+    return {k: v.detach() for k, v in part.items()} if isinstance(part, dict) else part.detach()
+
+
 @defense("hyperfl")
 class HyperFL(Client):
     """The client's feature extractor comes from a shared hypernetwork and a private embedding; only the
     hypernetwork's update is uploaded."""
+
+    federation = HyperFLFederation
 
     vmappable = False  # the simulated local round trains with torch.autograd inside
 

@@ -25,7 +25,7 @@ import math
 import torch
 
 from giabench import checks
-from giabench.defenses.base import Client
+from giabench.contracts import Client
 from giabench.registry import defense
 
 SCHEMES = ("qsgd", "sign", "fp16", "uniform")

@@ -9,7 +9,7 @@ shard sizes and matches the sum.
 from __future__ import annotations
 
 from giabench import checks
-from giabench.defenses.base import Client
+from giabench.contracts import Client
 from giabench.errors import ConfigError
 from giabench.registry import defense
 

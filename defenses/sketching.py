@@ -29,9 +29,11 @@ import math
 import torch
 
 from giabench import checks
-from giabench.defenses.base import Client, check_adjacency, clip_update, dp_cost, gaussian_like
+from giabench.contracts import Client
 from giabench.defenses.dp_sgd import DPSGD
+from giabench.defenses.mechanisms import clip_update, gaussian_like
 from giabench.errors import ConfigError, NotApplicable
+from giabench.privacy import check_adjacency, dp_cost
 from giabench.protocols import Update
 from giabench.registry import defense
 
@@ -133,6 +135,11 @@ class Sketching(Client):
         d = self.numel()
         self.sketch = Sketch(kind, d, max(1, round(ratio * d)), seed)
         self.public = {} if secret else {"seed": seed, "kind": kind, "s": self.sketch.s}
+
+    @classmethod
+    def round_params(cls, params, round_index):
+        """A fresh public sketch R_t every training round: seed * 100003 + t."""
+        return {**params, "seed": params["seed"] * 100_003 + round_index}
 
     def rule(self, generator):
         return self.dp.rule(generator) if self.dp else None

@@ -16,7 +16,7 @@ import torch
 from torch.func import functional_call, vjp, vmap
 
 from giabench import checks
-from giabench.defenses.base import Client
+from giabench.contracts import Client
 from giabench.registry import defense
 
 JACOBIAN_CHUNK = 64  # representation units whose input gradients are computed in one vmapped pass

@@ -220,23 +220,20 @@ class MLP(nn.Module):
 
 @model("factory")
 def user_factory(shape, num_classes, *, factory: str, weights: str = "") -> nn.Module:
-    """A practitioner's own network (``giabench audit``): ``factory`` names an importable callable, MODULE:FUNCTION,
-    called without arguments, that returns an ``nn.Module`` taking images normalized by the dataset's mean and std
-    and returning one logit per class; ``weights`` an optional state dict of tensors (``weights_only=True``)."""
-    import importlib
-
-    from giabench.audit import check_model
-
+    """A practitioner's own network (``giabench audit``): ``factory`` names an importable callable, MODULE:FUNCTION
+    (a dotted module name on the Python path, or a path to a .py file), called without arguments, that returns an
+    ``nn.Module`` taking images normalized by the dataset's mean and std and returning one logit per class;
+    ``weights`` an optional state dict of tensors (``weights_only=True``)."""
     where = f"model factory {factory}"
-    module_name, sep, function = factory.partition(":")
+    module_name, sep, function = factory.rpartition(":")
     if not sep or not module_name or not function:
-        raise ConfigError(f"{where}: expected MODULE:FUNCTION")
+        raise ConfigError(f"{where}: expected MODULE:FUNCTION (e.g. my_models:make_net or path/to/net.py:make_net)")
     try:
-        make = getattr(importlib.import_module(module_name), function)
-    except ImportError as exc:
-        raise ConfigError(f"{where}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})") from None
+        make = getattr(_user_module(module_name, where), function)
     except AttributeError:
         raise ConfigError(f"{where}: module {module_name!r} has no {function!r}") from None
+    if not callable(make):
+        raise ConfigError(f"{where}: {function!r} in {module_name!r} is a {type(make).__name__}, not a function")
     try:
         net = make()
     except Exception as exc:  # noqa: BLE001 -- the user's factory failing is reported in one line
@@ -251,6 +248,52 @@ def user_factory(shape, num_classes, *, factory: str, weights: str = "") -> nn.M
             raise ConfigError(f"weights {weights}: do not fit the model ({first})") from None
     check_model(net, tuple(shape), num_classes, where)
     return net
+
+
+def _user_module(name: str, where: str):
+    """The module of a factory: a .py file by its path, else a dotted name imported from the Python path."""
+    import importlib
+    import importlib.util
+
+    path = Path(name)
+    looks_like_path = path.suffix == ".py" or "/" in name or "\\" in name
+    if looks_like_path and not (path.suffix == ".py" and path.is_file()):
+        raise ConfigError(f"{where}: {name!r} looks like a path but is not an existing .py file; give one, or a "
+                          "dotted module name on the Python path")
+    try:
+        if not looks_like_path:
+            return importlib.import_module(name)
+        spec = importlib.util.spec_from_file_location(f"giabench_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except ImportError as exc:
+        raise ConfigError(f"{where}: cannot import module {name!r} ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 -- the user's module failing on import is reported in one line
+        raise ConfigError(f"{where}: importing {name!r} raised {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def check_model(net: nn.Module, shape: tuple[int, ...], num_classes: int, where: str) -> None:
+    """A forward pass on two images of ``shape`` must give finite (2, num_classes) logits."""
+    try:
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(2, *shape))
+    except Exception as exc:  # noqa: BLE001 -- any failure of the user's forward pass is reported in one line
+        raise ConfigError(f"{where}: the forward pass on {tuple(shape)} images fails ({type(exc).__name__}: "
+                          f"{_first_line(exc)})") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"{where}: the output for 2 images is {got}, expected (2, {num_classes}): one logit per "
+                          f"class of the data")
+    if not out.dtype.is_floating_point or not torch.isfinite(out).all():
+        what = "NaN or infinite" if out.dtype.is_floating_point else f"{out.dtype} (not floating point)"
+        raise ConfigError(f"{where}: the forward pass returns {what} logits for 2 images; the attacks need finite "
+                          "float logits")
 
 
 def cache_dir() -> Path:

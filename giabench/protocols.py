@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from giabench import checks
-from giabench.errors import ConfigError
-from giabench.registry import coerce
+from giabench.registry import protocol, protocols
 
 Update = dict[str, torch.Tensor]
 GradRule = Callable[["Protocol", Update, torch.Tensor, torch.Tensor], Update]
@@ -36,6 +35,10 @@ class Protocol:
     """Binds a model to a local training rule. ``params`` are the broadcast weights (the attacker knows them)."""
 
     name = "protocol"
+
+    @staticmethod
+    def check(**params) -> None:
+        """Refuse bad parameter values before any model exists (suite loading)."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
@@ -103,6 +106,7 @@ def mean_gradient(protocol: Protocol, params: Update, x: torch.Tensor, y: torch.
     return protocol.gradient(params, x, y)
 
 
+@protocol("fedsgd")
 class FedSGD(Protocol):
     """One gradient of the mean loss over the client's batch."""
 
@@ -120,6 +124,7 @@ def fedavg_steps(batch: int, epochs: int, local_batch: int) -> int:
     return epochs * -(-batch // (local_batch or batch))
 
 
+@protocol("fedavg")
 class FedAvg(Protocol):
     """``epochs`` passes of SGD with step ``lr`` over minibatches of ``batch_size`` in the given order; the update is
     ``w_0 - w_K``."""
@@ -154,29 +159,12 @@ class FedAvg(Protocol):
         return {k: self.params[k] - params[k] for k in params}
 
 
-PROTOCOLS: dict[str, type[Protocol]] = {"fedsgd": FedSGD, "fedavg": FedAvg}
-PROTOCOL_DEFAULTS = {"fedsgd": {}, "fedavg": {"epochs": 1, "batch_size": 0, "lr": 0.1}}
-
-
 def resolve_params(name: str, params: dict, where: str) -> dict:
     """A protocol's parameters with defaults filled, typed and checked (before any model exists)."""
-    if name not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
-    known = PROTOCOL_DEFAULTS[name]
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown parameter {unknown[0]!r}; known: {', '.join(known) or 'none'}",
-                          field=unknown[0])
-    resolved = {**known}
-    for key, value in params.items():
-        try:
-            resolved[key] = coerce(value, known[key], f"{where}.{key}")
-        except ConfigError as exc:
-            raise ConfigError(str(exc), field=key) from None
-    if name == "fedavg":
-        FedAvg.check(**resolved)
+    resolved = protocols.resolve(name, params, where)
+    protocols.get(name).check(**resolved)
     return resolved
 
 
 def build(name: str, params: dict, model: torch.nn.Module) -> Protocol:
-    return PROTOCOLS[name](model, **params)
+    return protocols.get(name)(model, **params)

@@ -3,9 +3,10 @@
     @attack("ig")
     class InvertingGradients(Attack): ...
 
-Third-party packages add components without touching this repository by declaring an entry point in the group
-``giabench.attacks`` (likewise ``giabench.defenses``, ``giabench.models``, ``giabench.datasets``) whose target module
-registers itself on import.
+Every component arrives through an entry point: a package declares one in the group ``giabench.attacks`` (likewise
+``giabench.defenses``, ``giabench.models``, ``giabench.datasets``, ``giabench.protocols``) whose target module
+registers its classes on import. giabench's own modules are declared the same way in its ``pyproject.toml``, so a
+third-party attack or defense is found, listed and run exactly as a built-in one.
 """
 
 from __future__ import annotations
@@ -13,22 +14,12 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from importlib import import_module, metadata
+from importlib import metadata
 from typing import Any
 
-from giabench.errors import ConfigError
+from giabench.errors import ConfigError, GiabenchError
 
-KINDS = ("attacks", "defenses", "models", "datasets")
-_BUILTIN_MODULES = {
-    "attacks": ("giabench.attacks.optimization", "giabench.attacks.analytic", "giabench.attacks.rgap",
-                "giabench.attacks.hypernet", "giabench.attacks.generative"),
-    "defenses": ("giabench.defenses.baselines", "giabench.defenses.dp_sgd", "giabench.defenses.secagg",
-                 "giabench.defenses.sketching", "giabench.defenses.diff2",
-                 "giabench.defenses.hidenseek", "giabench.defenses.hyperfl", "giabench.defenses.quantization",
-                 "giabench.defenses.soteria"),
-    "models": ("giabench.models",),
-    "datasets": ("giabench.data",),
-}
+KINDS = ("attacks", "defenses", "models", "datasets", "protocols")
 
 
 class Registry:
@@ -53,10 +44,11 @@ class Registry:
         if self._loaded:
             return
         self._loaded = True
-        for module in _BUILTIN_MODULES[self.kind]:
-            import_module(module)
         for entry in metadata.entry_points(group=f"giabench.{self.kind}"):
             entry.load()
+        if not self._items:
+            raise GiabenchError(f"no {self.kind} are registered: giabench's entry points are missing (install it "
+                                "with pip install -e . rather than running it from the source folder)")
 
     def names(self) -> list[str]:
         self._load()
@@ -129,14 +121,17 @@ attacks = Registry("attacks")
 defenses = Registry("defenses")
 models = Registry("models")
 datasets = Registry("datasets")
+protocols = Registry("protocols")
 
 attack = attacks.register
 defense = defenses.register
 model = models.register
 dataset = datasets.register
+protocol = protocols.register
 
 
 def registry(kind: str) -> Registry:
     if kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
-    return {"attacks": attacks, "defenses": defenses, "models": models, "datasets": datasets}[kind]
+    return {"attacks": attacks, "defenses": defenses, "models": models, "datasets": datasets,
+            "protocols": protocols}[kind]

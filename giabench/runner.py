@@ -9,14 +9,8 @@ on the same hardware with the same settings. A run folder holds cells of one num
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import platform
-import signal
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,9 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from giabench import __version__, data, metrics, models, numerics, protocols, threats
-from giabench.attacks.base import ServerView
+from giabench import __version__, data, executors, metrics, models, numerics, protocols, threats
+from giabench.contracts import ServerView
 from giabench.errors import ConfigError, GiabenchError, NotApplicable
+from giabench.images import image_grid
 from giabench.registry import attacks, datasets, defenses
 from giabench.store import Store, exclusive
 from giabench.suite import Cell, Suite
@@ -206,23 +201,6 @@ def surrogate(imageset: data.ImageSet, private: torch.Tensor) -> torch.Tensor:
     return imageset.images[keep]
 
 
-def tile(images: torch.Tensor, columns: int, pad: int = 2, margin: int = 2) -> np.ndarray:
-    """N x C x H x W images in [0, 1] laid out row by row on white, ``pad`` pixels apart and ``margin`` from the
-    border, as an H x W x 3 uint8 array."""
-    n, _, h, w = images.shape
-    rows = -(-n // columns)
-    canvas = torch.ones(3, rows * h + (rows - 1) * pad + 2 * margin, columns * w + (columns - 1) * pad + 2 * margin)
-    for i, img in enumerate(images.clamp(0, 1)):
-        top, left = margin + (i // columns) * (h + pad), margin + (i % columns) * (w + pad)
-        canvas[:, top:top + h, left:left + w] = img.expand(3, h, w)
-    return (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-
-
-def image_grid(truth: torch.Tensor, recon: torch.Tensor, pad: int = 2) -> np.ndarray:
-    """Originals on the top row, matched reconstructions below, as an H x W x 3 uint8 array."""
-    return tile(torch.cat([truth, recon]), truth.shape[0], pad, pad)
-
-
 def _describe(settings: dict) -> str:
     return ", ".join(f"{k}={settings.get(k)}" for k in ("device", "threads", "dtype"))
 
@@ -264,7 +242,7 @@ def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1,
 
         try:
             if executor == "ray":
-                _run_on_ray(todo, env, address, finish)
+                executors.on_ray(todo, run_cell_safely, env, address, finish)
             elif workers <= 1:
                 for cell in todo:
                     total = attacks.get(cell.config["attack"]["name"])(**_params(cell.config, "attack")) \
@@ -273,7 +251,7 @@ def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1,
                               disable=not show_progress) as inner:
                         finish(cell, run_cell_safely(cell, env, inner.update))
             else:
-                _run_in_pool(todo, env, workers, finish)
+                executors.in_pool(todo, run_cell_safely, env, workers, finish)
         finally:
             bar.close()
     return store
@@ -309,61 +287,3 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _run_in_pool(todo: list[Cell], env: Environment, workers: int, finish) -> None:
-    """Cells in ``workers`` spawned processes; the driver alone writes the store. On any interruption the workers
-    are terminated; a worker outlives a killed driver by at most a second (``_watch_parent``)."""
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),))
-    try:
-        futures = {pool.submit(run_cell_safely, cell, env): cell for cell in todo}
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                raise GiabenchError("a worker process died (out of memory?); the finished cells are stored: rerun "
-                                    "to resume, with fewer --workers") from None
-            finish(futures[future], result)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for child in multiprocessing.active_children():
-            child.terminate()
-        raise
-    pool.shutdown()
-
-
-def _run_on_ray(todo: list[Cell], env: Environment, address: str | None, finish) -> None:
-    """Each cell a Ray task reserving ``env.threads`` CPUs (and a GPU when cells run on CUDA); results stream back
-    to this driver as they finish. A local cluster (``address`` None) listens on loopback only, without dashboard."""
-    try:
-        import ray
-    except ImportError:
-        raise GiabenchError("--executor ray needs Ray: pip install -e '.[ray]'") from None
-    if not ray.is_initialized():
-        options = {"address": address} if address else {"num_cpus": os.cpu_count(), "_node_ip_address": "127.0.0.1"}
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="error", **options)
-    task = ray.remote(num_cpus=env.threads, num_gpus=1 if env.device.startswith("cuda") else 0,
-                      max_retries=0)(run_cell_safely)
-    pending = {task.remote(cell, env): cell for cell in todo}
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                finish(pending.pop(ref), ray.get(ref))
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-
-
-def _worker_start(parent: int) -> None:
-    """In a worker: leave Ctrl-C to the driver (which stops the workers) and exit when the driver is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)

@@ -27,16 +27,15 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from giabench import __version__, data, protocols, threats
 from giabench.errors import ConfigError
 from giabench.models import MODES, check_state
 from giabench.registry import attacks, defenses, models
+from giabench.utility_config import config_from_mapping
+from giabench.yamlfile import Located, packaged, parse_yaml, read_spec
 
 COMPONENTS = ("dataset", "model", "protocol", "defense", "attack")
 SCALARS = {"batch_size": int, "seed": int, "selection": str, "threat_model": str}
@@ -44,34 +43,6 @@ CELL_KEYS = COMPONENTS + tuple(SCALARS)
 BASE = {"dataset": {"name": "cifar10-sample"}, "model": {"name": "convnet", "state": "untrained"},
         "protocol": {"name": "fedsgd"}, "defense": {"name": "none"}, "attack": {"name": "ig"},
         "batch_size": 1, "seed": 0, "selection": "random", "threat_model": ""}
-
-
-class _Located(dict):
-    """A mapping that remembers the line of each key."""
-
-    lines: dict
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that records line numbers of mapping keys (safe: no arbitrary objects)."""
-
-
-def _construct_mapping(loader, node):
-    seen: dict = {}
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-            if key_node.value in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key_node.value!r} (first on line {seen[key_node.value]})",
-                    key_node.start_mark)
-            seen[key_node.value] = key_node.start_mark.line + 1
-    mapping = _Located(loader.construct_mapping(node, deep=True))
-    mapping.lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
-    mapping.lines["__self__"] = node.start_mark.line + 1
-    return mapping
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 @dataclass(frozen=True)
@@ -97,7 +68,7 @@ class Suite:
     description: str
     cells: list[Cell]
     source: str
-    utility: Any = None  # a giabench.utility.UtilityConfig, or None
+    utility: Any = None  # a giabench.utility_config.UtilityConfig, or None
 
     @property
     def slug(self) -> str:
@@ -111,42 +82,12 @@ def cell_id(config: dict) -> str:
 
 
 def packaged_suites() -> list[str]:
-    folder = resources.files("giabench") / "suites"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def _read(spec: str) -> tuple[str, str]:
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if path.is_dir():
-            raise ConfigError(f"suite file {spec}: is a directory, not a YAML file")
-        if not path.is_file():
-            raise ConfigError(f"suite file {spec}: no such file")
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except UnicodeDecodeError:
-            raise ConfigError(f"suite file {spec}: not a UTF-8 text file") from None
-        except OSError as exc:
-            raise ConfigError(f"suite file {spec}: cannot read it ({exc.strerror})") from None
-    if spec not in packaged_suites():
-        raise ConfigError(f"unknown suite {spec!r}; packaged: {', '.join(packaged_suites())} (or give a .yaml path)")
-    return (resources.files("giabench") / "suites" / f"{spec}.yaml").read_text(), spec
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    """YAML with safe types only, duplicate keys refused and mapping keys' lines kept; errors name the line."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader subclasses yaml.SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    return list(packaged("suites"))
 
 
 def load(spec: str) -> Suite:
     """Read a packaged suite by name or a YAML file by path, validate it and expand its grid into cells."""
-    text, source = _read(spec)
+    text, source = read_spec(spec, "suites", "suite file")
     doc = parse_yaml(text, source)
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: a suite is a mapping with keys name, description, defaults, grid")
@@ -197,8 +138,6 @@ def expand(doc: dict, source: str = "<suite>") -> Suite:
                 cells.append(cell)
     utility = None
     if doc.get("utility") is not None:
-        from giabench.utility import config_from_mapping
-
         utility = config_from_mapping(doc["utility"], f"{source}{_line(doc, 'utility')}: utility")
     return Suite(str(doc.get("name", Path(source).stem)), str(doc.get("description", "")), cells, source, utility)
 
@@ -219,9 +158,9 @@ def _merge(current: Any, value: Any, key: str, where: str) -> Any:
     return _with_lines({**(current or {}), **value}, current, value)
 
 
-def _with_lines(mapping: dict, *sources: Any) -> _Located:
+def _with_lines(mapping: dict, *sources: Any) -> Located:
     """A copy of ``mapping`` that remembers the lines its keys had in ``sources`` (later ones win)."""
-    located = _Located(mapping)
+    located = Located(mapping)
     located.lines = {k: v for src in sources for k, v in getattr(src, "lines", {}).items() if k != "__self__"}
     return located
 

@@ -51,7 +51,7 @@ def _name(row) -> str:
     return (f"{label('attacks', row['attack'], row['attack_params'])} vs "
             f"{label('defenses', row['defense'], row['defense_params'])} on "
             f"{label('models', row['model'], row['model_params'])}/{row['dataset']} "
-            f"{label('protocol', row['protocol'], row['protocol_params'])} B={row['batch_size']}")
+            f"{label('protocols', row['protocol'], row['protocol_params'])} B={row['batch_size']}")
 
 
 def terminal(table: pd.DataFrame) -> str:

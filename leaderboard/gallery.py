@@ -1,6 +1,6 @@
 """Tiles for the report's galleries, cut from the cell grids the runner stores.
 
-A cell's grid (``giabench.runner.image_grid``) holds the B originals on its top row and their matched reconstructions
+A cell's grid (``giabench.images.image_grid``) holds the B originals on its top row and their matched reconstructions
 below, each H x W, 2 px apart and 2 px from the border, so image j's pair sits at a known place. Tiles are upscaled
 with nearest-neighbour to at least ``MIN_SIDE`` pixels and embedded as PNG data.
 """

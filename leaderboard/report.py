@@ -25,15 +25,14 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
+from giabench.contracts import is_private
 from giabench.errors import GiabenchError
 from giabench.leaderboard import gallery, plots, tables
-from giabench.protocols import PROTOCOL_DEFAULTS
 from giabench.registry import registry
 from giabench.store import Store
 
 GROUP = ["dataset", "model", "model_params", "protocol", "protocol_params", "batch_size"]
 INTEGER_COLUMNS = {"batch_size", "seed", "iterations", "bytes", "cells", "not_applicable", "failed", "rank"}
-DP_DEFENSES = ("dp-sgd", "diff2", "sketch")
 COLUMN_NAMES = {"iterations": "budget", "batch_size": "B", "label_acc": "label acc", "label_set_acc": "label set acc",
                 "not_applicable": "n/a", "threat_model": "threat"}
 
@@ -60,7 +59,7 @@ def parameters(kind: str, name: str, params: str, changed_only: bool = True) -> 
         return str(params)
     defaults = {"state": "untrained", "mode": "eval"}
     try:
-        defaults.update(PROTOCOL_DEFAULTS.get(name, {}) if kind == "protocol" else registry(kind).defaults(name))
+        defaults.update(registry(kind).defaults(name))
     except GiabenchError:  # a component whose package is not installed here
         pass
     shown = {k: v for k, v in items.items() if not changed_only or defaults.get(k) != v}
@@ -202,7 +201,7 @@ def _details(frame: pd.DataFrame, run_dir: Path) -> list[dict]:
                                         f"B={number(row['batch_size'])} seed={number(row['seed'])}",
             "config": [(kind, row[kind], parameters(plural, row[kind], row[f"{kind}_params"], changed_only=False))
                        for kind, plural in (("attack", "attacks"), ("defense", "defenses"), ("model", "models"),
-                                            ("protocol", "protocol"))],
+                                            ("protocol", "protocols"))],
             "scores": [(COLUMN_NAMES.get(k, k), number(row[k], 3)) for k in
                        ("psnr", "ssim", "lpips", "label_acc", "exact", "iterations", "epsilon", "bytes", "wall_s")],
             "status": row["status"], "note": row["note"] if isinstance(row["note"], str) else "",
@@ -224,7 +223,7 @@ def _table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> dict:
         cells = []
         for column, kind in columns:
             value = row[column]
-            if kind in ("attacks", "defenses", "models", "protocol"):
+            if kind in ("attacks", "defenses", "models", "protocols"):
                 text = label(kind, value, row[f"{column}_params"])
                 cells.append((text, text))
             elif kind == "text":
@@ -251,10 +250,12 @@ def utility_points(tradeoff: pd.DataFrame | None) -> pd.DataFrame:
 def _epsilon_points(frame: pd.DataFrame) -> pd.DataFrame:
     scored = frame[(frame["status"] == "ok") & frame["psnr"].notna()]
     by_setting = scored.groupby(["attack", "attack_params", "defense", "defense_params", "dataset", "model",
-                                 "batch_size"], dropna=False).agg(psnr=("psnr", "mean"), epsilon=("epsilon", "first"))
+                                 "batch_size"], dropna=False).agg(psnr=("psnr", "mean"), epsilon=("epsilon", "first"),
+                                                                  adjacency=("adjacency", "first"))
     eps = by_setting.reset_index()
     eps["group"] = eps["dataset"] + ", " + eps["model"] + ", B=" + eps["batch_size"].astype(str)
-    eps["kind"] = eps["defense"].map(lambda d: "none" if d == "none" else "dp" if d in DP_DEFENSES else "other")
+    eps["kind"] = ["none" if d == "none" else "dp" if is_private({"adjacency": a if isinstance(a, str) else ""})
+                   else "other" for d, a in zip(eps["defense"], eps["adjacency"], strict=True)]
     eps["attack"] = [label("attacks", a, p) for a, p in zip(eps["attack"], eps["attack_params"], strict=True)]
     return eps
 
@@ -279,7 +280,7 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
         title=title, cells=len(frame), lpips_source=str(frame["lpips_source"].iloc[0]) if len(frame) else "",
         matrices=matrices, plots=plot_list, galleries=_galleries(frame, images, run_dir, matrices),
         ranking=_table(rank, [("rank", "int"), ("attack", "attacks"), ("defense", "defenses"), ("dataset", "text"),
-                              ("model", "models"), ("protocol", "protocol"), ("batch_size", "int"),
+                              ("model", "models"), ("protocol", "protocols"), ("batch_size", "int"),
                               ("threat_model", "text"), ("psnr", "2"), ("ssim", "3"), ("lpips", "3"),
                               ("iterations", "int"), ("exact", "2"), ("label_acc", "2"), ("epsilon", "2"),
                               ("delta", "text"), ("adjacency", "text"), ("bytes", "int"), ("cells", "int")]),

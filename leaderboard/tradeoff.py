@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from giabench.errors import GiabenchError
-from giabench.utility import UTILITY_COLUMNS
+from giabench.utility_config import UTILITY_COLUMNS
 
 GROUP = ["defense", "defense_params", "dataset", "model", "batch_size"]
 NUMERIC = ["accuracy", "bytes_per_round", "wall_per_round_s", "epsilon", "delta", "clients", "rounds", "batch"]

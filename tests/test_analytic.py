@@ -4,7 +4,7 @@ from torch import nn
 
 from giabench import data, metrics, models, protocols
 from giabench.attacks.analytic import FCInvert, group_candidates
-from giabench.attacks.base import ServerView
+from giabench.contracts import ServerView
 from giabench.errors import NotApplicable
 from giabench.registry import defenses
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from giabench import data, models, protocols
-from giabench.attacks.base import ServerView
 from giabench.attacks.optimization import InvertingGradients
+from giabench.contracts import ServerView
 from giabench.defenses.soteria import representation_scores
 from giabench.errors import ConfigError
 from giabench.registry import defenses

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from giabench import data, metrics, models, protocols
-from giabench.attacks.base import ServerView
 from giabench.attacks.generative import project_l1, ramped_lr
 from giabench.attacks.generators import SHIPPED, WEIGHTS, checkpoint, load, training
 from giabench.attacks.generators.dcgan import DCGANGenerator
+from giabench.contracts import ServerView
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attacks
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from giabench import data, metrics, models, protocols
-from giabench.attacks.base import ServerView
+from giabench.contracts import ServerView
 from giabench.defenses.hidenseek import HideNSeek, global_mask, synflow_scores
 from giabench.errors import ConfigError
 from giabench.registry import attacks

@@ -2,12 +2,13 @@ import pytest
 import torch
 
 from giabench import data, metrics, models, protocols
-from giabench.attacks.base import ServerView
 from giabench.attacks.hypernet import recover_weights
+from giabench.contracts import ServerView
 from giabench.defenses.hyperfl import HyperFL, generate
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attacks, defenses
-from giabench.utility import UtilityConfig, train
+from giabench.utility import train
+from giabench.utility_config import UtilityConfig
 
 D = data.load("mnist-sample")
 FEDAVG = {"name": "fedavg", "epochs": 2, "batch_size": 1, "lr": 0.05}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from giabench import cli
-from giabench.attacks.base import Attack, Reconstruction
+from giabench.contracts import Attack, Reconstruction
 from giabench.registry import attacks
 from giabench.store import Store
 

@@ -3,7 +3,7 @@ import torch
 
 from giabench import data, models, protocols
 from giabench.attacks import labels
-from giabench.attacks.base import ServerView
+from giabench.contracts import ServerView
 from giabench.errors import ConfigError
 from giabench.registry import defenses
 from giabench.runner import surrogate

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from giabench import metrics, models, protocols, runner, suite
-from giabench.attacks.base import ServerView
 from giabench.attacks.rgap import RGAP
-from giabench.defenses.base import Client
+from giabench.contracts import Client, ServerView
 from giabench.errors import ConfigError, NotApplicable
 
 SHAPE = (1, 12, 12)

@@ -5,7 +5,7 @@ import scipy.linalg
 import torch
 
 from giabench import data, metrics, models, protocols
-from giabench.attacks.base import ServerView
+from giabench.contracts import ServerView
 from giabench.defenses.sketching import Sketch, Sketching, hadamard
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attacks

@@ -6,6 +6,7 @@ import pytest
 from giabench import utility
 from giabench.errors import ConfigError, GiabenchError
 from giabench.leaderboard import tradeoff
+from giabench.utility_config import load_config
 
 CONFIG = """
 dataset: mnist-sample
@@ -27,7 +28,7 @@ defenses:
 def test_utility_rows_price_every_defense_against_the_undefended_reference(tmp_path):
     path = tmp_path / "u.yaml"
     path.write_text(CONFIG)
-    frame = utility.run(utility.load_config(path), tmp_path, show_progress=False)
+    frame = utility.run(load_config(path), tmp_path, show_progress=False)
     assert list(frame["defense"]) == ["none", "sketch", "dp-sgd", "diff2", "hidenseek", "secagg"]
     assert frame["accuracy"].between(0, 1).all() and (frame["wall_per_round_s"] > 0).all()
     rows = frame.set_index("defense")
@@ -42,7 +43,7 @@ def test_utility_rows_price_every_defense_against_the_undefended_reference(tmp_p
 def test_same_config_same_accuracy(tmp_path):
     path = tmp_path / "u.yaml"
     path.write_text(CONFIG.split("defenses:")[0])
-    a, b = (utility.run(utility.load_config(path), tmp_path / str(i), show_progress=False) for i in range(2))
+    a, b = (utility.run(load_config(path), tmp_path / str(i), show_progress=False) for i in range(2))
     assert a["accuracy"].tolist() == b["accuracy"].tolist()
 
 
@@ -56,7 +57,7 @@ def test_bad_utility_configs_are_named(tmp_path, text, message):
     path = tmp_path / "u.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
-        utility.load_config(path)
+        load_config(path)
 
 
 def test_utility_epsilon_composes_over_every_round(tmp_path, gaussian_epsilon):
@@ -66,7 +67,7 @@ def test_utility_epsilon_composes_over_every_round(tmp_path, gaussian_epsilon):
   - {name: dp-sgd, noise_multiplier: 1.0, adjacency: replace-one}
   - {name: sketch, kind: srht, ratio: 0.1, noise: post, noise_multiplier: 2.0}
 """)
-    frame = utility.run(utility.load_config(path), tmp_path, show_progress=False)
+    frame = utility.run(load_config(path), tmp_path, show_progress=False)
     eps = frame["epsilon"].tolist()
     assert eps[1] == pytest.approx(gaussian_epsilon(1.0, 3, 1e-5), rel=1e-6)
     assert eps[2] == pytest.approx(gaussian_epsilon(0.5, 3, 1e-5), rel=1e-6)

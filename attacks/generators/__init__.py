@@ -5,6 +5,7 @@ package, when its weights are on disk)."""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +22,11 @@ __all__ = ["StagedGenerator", "load", "names"]
 
 def names() -> list[str]:
     return [*SHIPPED, *BIGGAN, "checkpoint:PATH"]
+
+
+def shape_of(name: str) -> tuple[int, ...]:
+    """C x H x W of a shipped generator's images, from its training record."""
+    return tuple(json.loads((WEIGHTS / f"{name}.json").read_text(encoding="utf-8"))["shape"])
 
 
 @lru_cache(maxsize=4)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from giabench import data
 from giabench.attacks.generators import checkpoint
 from giabench.attacks.generators.dcgan import DCGANDiscriminator, DCGANGenerator
-from giabench.runner import tile
+from giabench.images import tile
 
 
 def sample_grid(images: torch.Tensor, columns: int = 8) -> np.ndarray:

@@ -1,0 +1,29 @@
+"""The pieces defenses are built of: clipping a whole update or each sample's gradient, and Gaussian noise drawn
+from the cell's generator."""
+
+from __future__ import annotations
+
+import torch
+
+from giabench.protocols import Update
+
+
+def clip_update(update: Update, bound: float) -> Update:
+    """u * min(1, C / ||u||_2), the norm taken over all tensors together (differentiable)."""
+    norm = torch.sqrt(sum(v.pow(2).sum() for v in update.values()))
+    scale = torch.clamp(bound / (norm + 1e-12), max=1.0)
+    return {k: scale * v for k, v in update.items()}
+
+
+def clip_samples(grads: Update, bound: float) -> Update:
+    """g_i * min(1, C / ||g_i||_2) for every row i of stacked per-sample gradients, the norm taken over all tensors
+    of a sample together (differentiable)."""
+    norms = torch.sqrt(sum(v.pow(2).flatten(1).sum(1) for v in grads.values()))
+    scale = torch.clamp(bound / (norms + 1e-12), max=1.0)
+    return {k: v * scale.view(-1, *[1] * (v.dim() - 1)) for k, v in grads.items()}
+
+
+def gaussian_like(tensor: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """N(0, std^2) noise of ``tensor``'s shape drawn on the CPU from ``generator`` (device-independent numbers)."""
+    noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+    return std * noise.to(tensor.device)

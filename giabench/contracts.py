@@ -1,0 +1,172 @@
+"""The two contracts everything else hangs on: what an attack receives, returns and says about itself, and what a
+defended client does on the wire and in training.
+
+An attack sees a ``ServerView`` (the broadcast model, the message on the wire, the defense's public side information
+and the data shape; labels only when the cell's threat model grants them) and the defended client's ``simulate``, its
+differentiable model of the message. It returns a ``Reconstruction``. It also describes itself, so that the audit and
+the report need no list of attacks: a ``title``, its family, threat-model ``needs``, its parameters at each audit
+level (``for_audit``) and whether it applies to a model, protocol and batch size (``applies``).
+
+A defense is a ``Client`` (Kerckhoffs: the mechanism and its public parameters are known to the server, the fresh
+randomness is not):
+- ``share(x, y, generator)``: the message that really goes on the wire, drawing fresh noise from ``generator``;
+- ``simulate(x, y)``: the attacker's differentiable model of ``share`` (the same transform, no fresh noise);
+- ``public``: what the server legitimately knows after receiving the message (a sparsity mask, a noise scale ...);
+- ``cost()``: bytes uploaded, and where the mechanism is differentially private epsilon, delta and the adjacency they
+  hold for (a non-empty ``adjacency`` is what marks a DP mechanism), composed over every release the client made;
+- ``federation``: its server side over training rounds (``giabench.federation``), which a defense with server state
+  (a running estimator, a score vector, a hypernetwork) replaces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from giabench.federation import Federation
+from giabench.privacy import Release
+from giabench.protocols import GradRule, Protocol, Update
+
+Simulate = Callable[[torch.Tensor, torch.Tensor], Update]
+Progress = Callable[[int], None]
+AUDIT_LEVELS = ("quick", "standard", "thorough")
+UNFILLED = 0.5  # the pixel value of a slot an analytic attack could not fill: the constant guess of least worst case
+
+
+@dataclass
+class ServerView:
+    model: torch.nn.Module
+    protocol: Protocol
+    message: Update
+    public: dict
+    shape: tuple[int, int, int]
+    num_classes: int
+    batch_size: int
+    labels: torch.Tensor | None = None  # granted only when the threat model includes the labels
+    surrogate: torch.Tensor | None = None  # images of the client's distribution, when the threat model grants them
+
+
+@dataclass
+class Reconstruction:
+    images: torch.Tensor | None  # B x C x H x W in [0, 1]; None for label-only attacks
+    labels: torch.Tensor | None
+    iterations: int  # gradient evaluations spent (the budget unit)
+    trace: list[float] = field(default_factory=list)  # objective, sampled along the run
+    extra: dict = field(default_factory=dict)
+    recovered: torch.Tensor | None = None  # B bools: slots the attack filled (None: every slot is an attempt)
+
+
+class Attack:
+    """Base class. Subclasses set the metadata below and implement ``reconstruct``.
+
+    ``needs`` lists capabilities of ``giabench.threats`` the attack always uses; ``requirements`` adds those its
+    parameters imply (``parameter_needs``) and the training details needed to simulate local steps."""
+
+    family = "optimization"  # optimization | generative | analytic | label
+    title = ""  # the name a report uses (default: the registered name)
+    needs: tuple[str, ...] = ()
+    assumes = ""  # one line for `giabench list attacks`
+    budget_unit = "iterations"
+
+    @classmethod
+    def for_audit(cls, level: str, shape: tuple[int, ...]) -> dict:
+        """The attack's parameters in an audit at ``level`` (one of ``AUDIT_LEVELS``) of images of ``shape``; raises
+        ``NotApplicable`` with the reason when it sits that audit out. Default: its defaults at every level."""
+        return {}
+
+    def applies(self, model: nn.Module, shape: tuple[int, ...], protocol: str, batch_size: int) -> str | None:
+        """Why the attack cannot run on ``model`` (the bare network, taking ``shape`` images) under ``protocol`` at
+        ``batch_size``; None when it can. Only what is known before any data is seen: the reconstruction may still
+        find the message itself not applicable."""
+        return None
+
+    def parameter_needs(self) -> set[str]:
+        """Capabilities the attack's parameters imply (known labels, a label method's surrogate data ...)."""
+        return set()
+
+    def requirements(self, protocol: str) -> set[str]:
+        needs = set(self.needs) | self.parameter_needs()
+        if protocol != "fedsgd":
+            needs.add("training")
+        return needs
+
+    def planned_budget(self) -> int | None:
+        """Evaluations of the update the attack will spend (for progress bars; ``None`` when unknown up front)."""
+        iterations = getattr(self, "iterations", None)
+        return iterations * getattr(self, "restarts", 1) if isinstance(iterations, int) else None
+
+    def describe(self) -> str:
+        """The attack as a sentence names it: its title and, when known, its budget."""
+        title = self.title or getattr(self, "registered_name", type(self).__name__)
+        budget = self.planned_budget()
+        return f"{title}, {budget:,} {self.budget_unit}" if budget and budget > 1 else title
+
+    def prepare(self, model: torch.nn.Module, shape: tuple[int, int, int], surrogate: torch.Tensor | None,
+                generator: torch.Generator) -> torch.nn.Module:
+        """The model the server broadcasts; only active (malicious-server) attacks change it."""
+        return model
+
+    def reconstruct(self, view: ServerView, simulate: Simulate, generator: torch.Generator,
+                    progress: Progress | None = None) -> Reconstruction:
+        raise NotImplementedError
+
+
+class Client:
+    """The undefended client: shares the protocol's update as float32. ``vmappable``: ``simulate`` can run under
+    ``torch.func.vmap`` (over an attacker's restarts); False where it trains with autograd inside."""
+
+    vmappable = True
+    federation: type[Federation] = Federation  # the server side over training rounds
+
+    def __init__(self, protocol: Protocol):
+        self.protocol = protocol
+        self.public: dict = {}
+        self.releases: list[Release] = []  # DP releases of every share() so far (empty: not a DP mechanism)
+
+    @classmethod
+    def check_cell(cls, params: dict, protocol: str, batch_size: int) -> None:
+        """Refuse, before any cell runs, a protocol or batch size the defense cannot serve."""
+
+    @classmethod
+    def round_params(cls, params: dict, round_index: int) -> dict:
+        """The client's parameters in training round ``round_index`` (a defense with per-round public randomness
+        derives it here); the same in every round by default."""
+        return params
+
+    def rule(self, generator: torch.Generator | None) -> GradRule | None:
+        """The per-step gradient rule (``None``: the plain mean gradient); ``generator=None`` means simulate."""
+        return None
+
+    def transform(self, update: Update, generator: torch.Generator | None) -> Update:
+        """Post-processing of the finished update; ``generator=None`` means simulate."""
+        return update
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, rule: GradRule | None) -> Update:
+        """The update before post-processing (secure aggregation overrides it to sum several clients)."""
+        return self.protocol.update(x, y, rule)
+
+    def share(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Update:
+        update = self.update(x.detach(), y, self.rule(generator))
+        return {k: v.detach() for k, v in self.transform(update, generator).items()}
+
+    def simulate(self, x: torch.Tensor, y: torch.Tensor) -> Update:
+        return self.transform(self.update(x, y, self.rule(None)), None)
+
+    def decode(self, message: Update) -> Update:
+        """The server's estimate of the client's update from its message (the federation averages these)."""
+        return message
+
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.protocol.params.values())
+
+    def cost(self) -> dict:
+        return {"epsilon": math.inf, "delta": 0.0, "adjacency": "", "bytes": 4 * self.numel()}
+
+
+def is_private(cost: dict) -> bool:
+    """Whether a cost comes from a differentially private mechanism: an accountant stated its adjacency."""
+    return bool(cost.get("adjacency"))

@@ -1,0 +1,98 @@
+"""Where cells run: in ``workers`` spawned processes or as Ray tasks. An executor only calls ``run(cell, env)``
+somewhere and hands each result to ``finish`` in this process, so the driver alone writes the store and resume and
+kill safety hold for every executor."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+
+from giabench.errors import GiabenchError
+
+ADDRESS_TIMEOUT_S = 10.0  # how long a Ray cluster's address may take to accept a connection
+
+
+def in_pool(todo: list, run, env, workers: int, finish) -> None:
+    """Cells in ``workers`` spawned processes. On any interruption the workers are terminated; a worker outlives a
+    killed driver by at most a second (``_watch_parent``)."""
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(run, cell, env): cell for cell in todo}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                raise GiabenchError("a worker process died (out of memory?); the finished cells are stored: rerun "
+                                    "to resume, with fewer --workers") from None
+            finish(futures[future], result)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise
+    pool.shutdown()
+
+
+def check_address(address: str | None) -> None:
+    """Refuse, before any work, a Ray address that is malformed or where nothing accepts a connection within
+    ``ADDRESS_TIMEOUT_S`` (``auto`` and ``ray://`` client addresses are left to Ray)."""
+    if address is None or address == "auto" or address.startswith("ray://"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise GiabenchError(f"--address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise GiabenchError(f"--address {address}: no Ray cluster answers there ({why}); start one with ray start "
+                            "--head, or leave out --address for a local one") from None
+
+
+def on_ray(todo: list, run, env, address: str | None, finish) -> None:
+    """Each cell a Ray task reserving ``env.threads`` CPUs (and a GPU when cells run on CUDA); results stream back
+    to this driver as they finish. A local cluster (``address`` None) listens on loopback only, without dashboard."""
+    try:
+        import ray
+    except ImportError:
+        raise GiabenchError("--executor ray needs Ray: pip install -e '.[ray]'") from None
+    check_address(address)
+    if not ray.is_initialized():
+        options = {"address": address} if address else {"num_cpus": os.cpu_count(), "_node_ip_address": "127.0.0.1"}
+        try:
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level="error", **options)
+        except (ConnectionError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GiabenchError(f"--address {address or 'local'}: Ray could not start or join a cluster ({first})") \
+                from None
+    task = ray.remote(num_cpus=env.threads, num_gpus=1 if env.device.startswith("cuda") else 0,
+                      max_retries=0)(run)
+    pending = {task.remote(cell, env): cell for cell in todo}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                finish(pending.pop(ref), ray.get(ref))
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def _worker_start(parent: int) -> None:
+    """In a worker: leave Ctrl-C to the driver (which stops the workers) and exit when the driver is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)

@@ -1,0 +1,45 @@
+"""Privacy accounting: epsilon of a client's Gaussian releases, composed, at a delta and for an adjacency.
+
+Adjacency (``ADJACENCIES``): ``add-remove`` (a dataset with one record more or less; Opacus' convention) or
+``replace-one`` (one record swapped, the batch size fixed and known). Replacing a record moves a sum of clipped
+per-record terms by up to 2C instead of C, so the same noise std z C is a Gaussian mechanism with noise multiplier
+z / 2 under replace-one.
+"""
+
+from __future__ import annotations
+
+import math
+
+from giabench.errors import ConfigError
+
+ADJACENCIES = ("add-remove", "replace-one")
+Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps): one entry of an accountant's history
+
+
+def check_adjacency(name: str, adjacency: str, sample_rate: float = 1.0) -> None:
+    if adjacency not in ADJACENCIES:
+        raise ConfigError(f"defense {name}: adjacency must be one of {', '.join(ADJACENCIES)}, got {adjacency!r}")
+    if adjacency == "replace-one" and sample_rate < 1:
+        raise ConfigError(f"defense {name}: the accountant's subsampled bound holds for add-remove adjacency only; "
+                          "use sample_rate 1 with replace-one")
+
+
+def dp_cost(releases: list[Release], rounds: int, delta: float, adjacency: str) -> dict:
+    """Epsilon, delta and adjacency of ``rounds`` repetitions of ``releases`` (no release yet: epsilon 0)."""
+    return {"epsilon": rdp_epsilon(releases * rounds, delta, adjacency), "delta": delta, "adjacency": adjacency}
+
+
+def rdp_epsilon(history: list[Release], delta: float, adjacency: str = "add-remove") -> float:
+    """Epsilon at ``delta`` from Opacus' RDP accountant over ``(noise multiplier, sample rate, steps)`` releases,
+    composed; noise multipliers are halved under replace-one adjacency. Infinite when a release with steps has no
+    noise; 0 when nothing was released."""
+    from opacus.accountants import RDPAccountant
+
+    history = [(z / 2 if adjacency == "replace-one" else z, q, n) for z, q, n in history if n > 0]
+    if any(z == 0 for z, _, _ in history):
+        return math.inf
+    if not history:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = history
+    return float(accountant.get_epsilon(delta))

@@ -1,0 +1,51 @@
+"""``toy-momentum``: clients add Gaussian noise of std ``sigma`` to their update; the server keeps a momentum buffer
+across rounds (FedAvgM: v_t = beta v_{t-1} + mean_k u_k, w_t = w_{t-1} - step v_t), its own server-side state.
+``TOY_SIGMA_SCALE`` in the environment scales sigma, so a test can make the defense leak more (a mutation)."""
+
+from __future__ import annotations
+
+import os
+
+from giabench.contracts import Client
+from giabench.federation import Federation, load_parameters, mean_update
+from giabench.registry import defense
+
+
+class MomentumFederation(Federation):
+    """The server averages the clients' updates into a momentum buffer carried between rounds."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.velocity = None
+
+    def round(self, index, draw, generator):
+        protocol = self.protocol()
+        current = {k: v.clone() for k, v in protocol.params.items()}
+        messages = []
+        for k in range(self.clients):
+            client = self.client_type(protocol, **self.params)
+            x, y = draw(k)
+            messages.append(client.share(x, y, generator))
+            self.last_cost = client.cost()
+            self.uploaded += self.last_cost["bytes"]
+        mean = mean_update(messages, current)
+        beta = self.params["momentum"]
+        self.velocity = mean if self.velocity is None else {k: beta * self.velocity[k] + mean[k] for k in mean}
+        load_parameters(self.model, {k: current[k] - self.step * self.velocity[k] for k in current})
+
+
+@defense("toy-momentum")
+class ToyMomentum(Client):
+    """Noisy updates and server momentum (a plugin's defense with server-side state)."""
+
+    federation = MomentumFederation
+
+    def __init__(self, protocol, *, sigma: float = 0.001, momentum: float = 0.9):
+        super().__init__(protocol)
+        self.sigma = sigma * float(os.environ.get("TOY_SIGMA_SCALE", "1"))
+        self.momentum = momentum
+
+    def transform(self, update, generator):
+        if generator is None or self.sigma == 0:
+            return update
+        return {k: v + self.sigma * v.new_empty(v.shape).normal_(generator=generator) for k, v in update.items()}
