@@ -32,6 +32,16 @@ def first_linear(model: nn.Module) -> str:
     raise NotApplicable("fc-invert needs a model whose first layer is fully connected (e.g. mlp)")
 
 
+def layer_gradients(message: dict, layer: str, attack: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias gradients of ``layer`` in float64, as the message carries them in the clear; a message
+    that does not (a sketch, a hypernetwork update, a score update) is not applicable."""
+    keys = (f"{layer}.weight", f"{layer}.bias")
+    if not all(key in message for key in keys):
+        raise NotApplicable(f"{attack} reads the weight and bias gradients of layer {layer}, which this message does "
+                            "not carry in the clear")
+    return tuple(message[key].detach().double().cpu() for key in keys)
+
+
 def group_candidates(candidates: torch.Tensor, weights: torch.Tensor, count: int, tol: float) -> torch.Tensor:
     """The ``count`` largest groups of near-identical rows (max abs difference <= tol), heaviest row first."""
     remaining = torch.argsort(weights, descending=True)
@@ -75,9 +85,7 @@ class FCInvert(Attack):
         self.tol, self.labels = tol, labels
 
     def reconstruct(self, view, simulate, generator, progress=None):
-        layer = first_linear(view.model)
-        weight = view.message[f"{layer}.weight"].detach().double().cpu()
-        bias = view.message[f"{layer}.bias"].detach().double().cpu()
+        weight, bias = layer_gradients(view.message, first_linear(view.model), "fc-invert")
         scale = bias.abs().max()
         active = bias.abs() > 1e-6 * scale if scale > 0 else torch.zeros_like(bias, dtype=torch.bool)
         if not active.any():
@@ -173,11 +181,11 @@ class RobbingTheFed(Attack):
     family = "analytic"
     title = "Robbing the Fed"
     needs = ("modify-model", "surrogate-data")
+    assumes = "an active server that inserts the imprint block and knows the query's distribution (surrogate data)"
 
     @classmethod
     def for_audit(cls, level, shape):
         return {"bins": 64}
-    assumes = "an active server that inserts the imprint block and knows the query's distribution (surrogate data)"
 
     def __init__(self, *, bins: int = 64, query: str = "avg", variant: str = "cumulative", gain: float = 1.0,
                  mode: int = 1, labels: str = "inferred:llg"):
@@ -218,8 +226,7 @@ class RobbingTheFed(Attack):
         return edges[:-1], edges[1:] - edges[:-1]
 
     def reconstruct(self, view, simulate, generator, progress=None):
-        weight = view.message["imprint.weight"].detach().double().cpu()
-        bias = view.message["imprint.bias"].detach().double().cpu()
+        weight, bias = layer_gradients(view.message, "imprint", "rtf")
         if self.variant == "cumulative":  # bin i: row i minus row i+1; the top bin: the last row alone
             weight = torch.cat([weight[:-1] - weight[1:], weight[-1:]])
             bias = torch.cat([bias[:-1] - bias[1:], bias[-1:]])

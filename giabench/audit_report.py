@@ -14,9 +14,8 @@ import pandas as pd
 
 from giabench import protocols, threats
 from giabench.leaderboard.report import label
+from giabench.metrics import LEAK_DB
 from giabench.registry import attacks
-
-LEAK_DB = 25.0  # an image counts as reconstructed above this PSNR
 
 
 def images_above(images: pd.DataFrame) -> pd.Series:

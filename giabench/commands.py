@@ -114,14 +114,15 @@ def run_folder(path: str) -> Path:
 def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None) -> str:
     """Write the leaderboard files of ``run_dir`` and return the ranking as text, followed by what was written; a
     file that cannot be written (a read-only folder) is a warning, the ranking is still returned."""
-    from giabench.leaderboard import plots, report, tables, tradeoff
+    from giabench.leaderboard import plots, report, summary, tables, tradeoff
 
     frame = tables.cells(run_dir)
     if frame.empty:
         raise GiabenchError(f"{run_dir}: no finished cells yet")
     if utility_csv is None and (run_dir / "utility" / "utility.csv").is_file():  # the suite's own utility section
         utility_csv = str(run_dir / "utility" / "utility.csv")
-    trade = tradeoff.table(frame, tradeoff.read_utility(utility_csv)) if utility_csv else None
+    rows = tradeoff.read_utility(utility_csv) if utility_csv else None
+    trade = tradeoff.table(frame, rows) if rows is not None else None
     try:
         tables.write_csv(frame, run_dir / "leaderboard.csv")
         if trade is not None:
@@ -129,12 +130,15 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
             figure = plots.privacy_utility(report.utility_points(trade))
             if figure:
                 (run_dir / "privacy_utility.svg").write_text(figure, encoding="utf-8")
-        report.write(frame, run_dir, run_dir / "leaderboard.html", title=title, tradeoff=trade)
+        report.write(frame, run_dir, run_dir / "leaderboard.html", title=title, tradeoff=trade, utility=rows)
         written = f"\n\nwrote {run_dir / 'leaderboard.csv'} and {run_dir / 'leaderboard.html'}"
     except OSError as exc:
         print(f"giabench: warning: cannot write the leaderboard in {run_dir} ({exc.strerror})", file=sys.stderr)
         written = ""
-    return tables.terminal(tables.ranking(frame)) + written
+    defended = summary.defense_summary(frame, Store(run_dir, create=False).images(), rows)
+    answer = f"\n\ndefenses, most leakage first (worst case over every attack):\n{summary.terminal(defended)}" \
+        if len(defended) else ""
+    return tables.terminal(tables.ranking(frame)) + answer + written
 
 
 def leaderboard(run_dir: str, utility_csv: str | None = None) -> int:

@@ -27,6 +27,7 @@ from skimage.metrics import structural_similarity
 from giabench import lpips
 
 EXACT_DB = 40.0  # a reconstruction above this PSNR counts as exactly recovered (Robbing the Fed's criterion)
+LEAK_DB = 25.0  # a reconstruction above this PSNR counts as a recognizable leak (the audit and the summary)
 PSNR_CEILING = 80.0  # dB; beyond it the difference between two images is float rounding
 
 

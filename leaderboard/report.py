@@ -27,14 +27,19 @@ from markupsafe import Markup
 
 from giabench.contracts import is_private
 from giabench.errors import GiabenchError
-from giabench.leaderboard import gallery, plots, tables
+from giabench.leaderboard import gallery, plots, summary, tables
 from giabench.registry import registry
 from giabench.store import Store
 
 GROUP = ["dataset", "model", "model_params", "protocol", "protocol_params", "batch_size"]
 INTEGER_COLUMNS = {"batch_size", "seed", "iterations", "bytes", "cells", "not_applicable", "failed", "rank"}
 COLUMN_NAMES = {"iterations": "budget", "batch_size": "B", "label_acc": "label acc", "label_set_acc": "label set acc",
-                "not_applicable": "n/a", "threat_model": "threat"}
+                "not_applicable": "n/a", "threat_model": "threat", "above": "share above 25 dB",
+                "epsilon_training": "epsilon (training run)"}
+SUMMARY_COLUMNS = [("defense", "defenses"), ("attack", "attacks"), ("dataset", "text"), ("model", "text"),
+                   ("batch_size", "int"), ("psnr", "2"), ("above", "2"), ("images", "int"), ("epsilon", "2"),
+                   ("delta", "text"), ("adjacency", "text"), ("bytes", "int"), ("accuracy", "3"),
+                   ("epsilon_training", "2")]
 
 
 def number(value, digits: int = 3) -> str:
@@ -261,14 +266,18 @@ def _epsilon_points(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str = "giabench leaderboard",
-          tradeoff: pd.DataFrame | None = None) -> None:
-    """Render the report of ``frame`` (the run's cells) to ``path``; ``tradeoff``: the privacy-utility table."""
+          tradeoff: pd.DataFrame | None = None, utility: pd.DataFrame | None = None) -> None:
+    """Render the report of ``frame`` (the run's cells) to ``path``; ``tradeoff``: the privacy-utility table,
+    ``utility``: the rows of the utility run it joins (their accuracy enters the defense summary)."""
     run_dir = Path(run_dir)
     try:
         images = Store(run_dir, create=False).images()
     except GiabenchError:
         images = pd.DataFrame(columns=["cell", "image", "psnr", "ssim"])
     matrices = _matrices(frame, tradeoff)
+    defended = summary.defense_summary(frame, images, utility)
+    trained_on = sorted({f"{d}/{m}" for d, m in zip(utility["dataset"], utility["model"], strict=True)}) \
+        if utility is not None else []
     plot_list = [(name, Markup(svg)) for name, svg in (
         ("Privacy against utility", plots.privacy_utility(utility_points(tradeoff))),
         ("PSNR against epsilon", plots.psnr_epsilon(_epsilon_points(frame)))) if svg]
@@ -277,7 +286,8 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     labels = tables.label_track(frame)
     environment = Environment(loader=PackageLoader("giabench.leaderboard", "templates"), autoescape=True)
     page = environment.get_template("report.html.j2").render(
-        title=title, cells=len(frame), lpips_source=str(frame["lpips_source"].iloc[0]) if len(frame) else "",
+        title=title, cells=len(frame), summary=_table(defended, SUMMARY_COLUMNS) if len(defended) else None,
+        trained_on=", ".join(trained_on), lpips_source=str(frame["lpips_source"].iloc[0]) if len(frame) else "",
         matrices=matrices, plots=plot_list, galleries=_galleries(frame, images, run_dir, matrices),
         ranking=_table(rank, [("rank", "int"), ("attack", "attacks"), ("defense", "defenses"), ("dataset", "text"),
                               ("model", "models"), ("protocol", "protocols"), ("batch_size", "int"),

@@ -40,7 +40,7 @@ def ranking(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _short(kind: str, name: str, params: str) -> str:
+def short(kind: str, name: str, params: str) -> str:
     """``name(k=v,...)`` with only the parameters that differ from the component's defaults."""
     items = json.loads(params) if params else {}
     defaults = {"state": "untrained", "mode": "eval"}
@@ -53,12 +53,12 @@ def _short(kind: str, name: str, params: str) -> str:
 
 
 def terminal(table: pd.DataFrame) -> str:
-    def short(kind, column):
-        return [_short(kind, n, p) for n, p in zip(table[column.split("_")[0]], table[column], strict=True)]
+    def labels(kind, column):
+        return [short(kind, n, p) for n, p in zip(table[column.split("_")[0]], table[column], strict=True)]
 
     view = pd.DataFrame({
-        "attack": short("attacks", "attack_params"), "defense": short("defenses", "defense_params"),
-        "model": short("models", "model_params"), "data": table["dataset"], "B": table["batch_size"],
+        "attack": labels("attacks", "attack_params"), "defense": labels("defenses", "defense_params"),
+        "model": labels("models", "model_params"), "data": table["dataset"], "B": table["batch_size"],
         "PSNR": table["psnr"].map("{:.2f}".format), "SSIM": table["ssim"].map("{:.3f}".format),
         "LPIPS": table["lpips"].map("{:.3f}".format), "budget": table["iterations"].map("{:.0f}".format),
         "label": table["label_acc"].map("{:.2f}".format),

@@ -3,15 +3,21 @@ JavaScript error, every table sorts on a header click, every image loads, the ma
 there, and no column of a matrix is cut off at 390 px or 1400 px. Screenshots of both widths are written to
 ``tests/artifacts/``. `.ci/run` installs Chromium when it is missing; elsewhere these tests skip without it."""
 
+import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from giabench import cli
+from giabench.leaderboard.report import label
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).parent / "artifacts"
+#: a leaderboard.html to run the defense-summary test on instead of the small run (e.g. runs/default's, for the
+#: README's screenshot: GIABENCH_REPORT=runs/default/leaderboard.html pytest tests/test_report_browser.py -k summary)
+OTHER_REPORT = os.environ.get("GIABENCH_REPORT")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")
 
 SUITE = """
@@ -91,7 +97,7 @@ def test_the_report_loads_without_errors_with_every_part_and_image(browser, repo
 def test_a_header_click_sorts_every_table_both_ways(browser, report):
     page, errors = _open(browser, report, 1400)
     tables = page.locator("table.sortable")
-    assert tables.count() == 3  # privacy-utility, ranking, label track
+    assert tables.count() == 4  # defense summary, privacy-utility, ranking, label track
     for t in range(tables.count()):
         table = tables.nth(t)
         headers = table.locator("thead th")
@@ -146,4 +152,27 @@ def test_the_filter_box_hides_rows_and_a_gallery_tile_enlarges(browser, report):
     target = tile.get_attribute("href")
     tile.click()
     assert page.locator(target).is_visible()
+    page.close()
+
+
+def test_the_defense_summary_leads_sorted_by_leakage_with_every_defense_setting(browser, report):
+    """The report opens with one row per defense setting of the run, most leakage first."""
+    html = Path(OTHER_REPORT).resolve() if OTHER_REPORT else report
+    page, errors = _open(browser, html, 1400)
+    first = page.evaluate("document.querySelector('h2').id")
+    assert first == "defenses"
+    table = page.locator("#defense-summary")
+    heads = [h.strip() for h in table.locator("thead th").all_inner_texts()]
+    psnr = heads.index("psnr") + 1
+    values = [float(v) for v in table.locator(f"tbody tr td:nth-child({psnr})").evaluate_all(
+        "cells => cells.map(c => c.dataset.v)")]
+    assert values == sorted(values, reverse=True) and len(values) > 1
+    cells = pd.read_csv(html.parent / "leaderboard.csv", dtype={"defense_params": str})
+    scored = cells[(cells["status"] == "ok") & cells["psnr"].notna()]
+    shown = table.locator(f"tbody tr td:nth-child({heads.index('defense') + 1})").all_inner_texts()
+    settings = {label("defenses", d, p) for d, p in zip(scored["defense"], scored["defense_params"], strict=True)}
+    assert sorted(shown) == sorted(settings)  # each setting once, labelled with the parameters it changes
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#answer").screenshot(path=str(ARTIFACTS / "defense-summary.png"))
+    assert errors == []
     page.close()
