@@ -34,7 +34,8 @@ def test_html_report_escapes_and_embeds_images(run_dir, tmp_path):
     page = (tmp_path / "r.html").read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page and "&lt;b&gt;t&lt;/b&gt;" in page
     assert page.count('class="grid" src="data:image/png;base64,') == 5  # the path outside the run folder is not read
-    assert '<meta name="viewport"' in page and page.count('class="sortable filterable"') == 2
+    assert '<meta name="viewport"' in page  # and three sortable tables: the defense summary, ranking, label track
+    assert page.count('class="sortable filterable"') == 3
     assert page.count('<table class="matrix">') == 1 and "±" in page and 'class="tiles"' in page
     assert "200.000" not in page and ">20<" in page  # integers as integers (the budget)
 
@@ -116,3 +117,20 @@ def test_compare_flags_the_settings_that_moved_beyond_tolerance(run_dir):
     assert first["psnr_change"] < -10 and set(moved["in"]) == {"both"}
     assert "compare" not in compare.terminal(moved) and "->" in compare.terminal(moved)
     assert set(compare.compare(frame, frame[frame["defense"] == "none"])["in"]) == {"both", "A only"}
+
+
+def test_the_defense_summary_has_one_row_per_defense_setting_most_leakage_first(run_dir):
+    from giabench.leaderboard import summary
+    from giabench.store import Store
+
+    frame, images = tables.cells(run_dir), Store(run_dir).images()
+    table = summary.defense_summary(frame, images)
+    assert list(table["defense"]) == ["none", "dp-sgd"] and table["psnr"].is_monotonic_decreasing
+    none, dp = table.iloc[0], table.iloc[1]
+    means = frame.groupby("defense")["psnr"].mean()
+    assert none["psnr"] == pytest.approx(means["none"]) and dp["psnr"] == pytest.approx(means["dp-sgd"])
+    hits = images[images["cell"].isin(frame[frame["defense"] == "none"]["cell"])]["psnr"] > 25
+    assert none["above"] == pytest.approx(hits.mean()) and none["images"] == 3
+    assert none["epsilon"] == float("inf") and pd.isna(none["delta"]) and none["adjacency"] == ""
+    assert dp["epsilon"] < float("inf") and dp["delta"] == 1e-5 and dp["adjacency"] == "add-remove"
+    assert pd.isna(none["accuracy"])  # no utility run given
