@@ -22,14 +22,20 @@ from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
 
 
-def first_linear(model: nn.Module) -> str:
-    """Name of the first parametrized module when it is an ``nn.Linear`` (fed the flattened, normalized input)."""
+def first_layer(model: nn.Module) -> tuple[str, nn.Module | None]:
+    """The first module that holds parameters itself, with its name (``("", None)`` when there is none)."""
     for name, module in model.named_modules():
         if any(True for _ in module.parameters(recurse=False)):
-            if isinstance(module, nn.Linear):
-                return name
-            break
-    raise NotApplicable("fc-invert needs a model whose first layer is fully connected (e.g. mlp)")
+            return name, module
+    return "", None
+
+
+def first_linear(model: nn.Module) -> str:
+    """Name of the first parametrized module when it is an ``nn.Linear`` (fed the flattened, normalized input)."""
+    name, module = first_layer(model)
+    if not isinstance(module, nn.Linear):
+        raise NotApplicable("fc-invert needs a model whose first layer is fully connected (e.g. mlp)")
+    return name
 
 
 def layer_gradients(message: dict, layer: str, attack: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +78,7 @@ class FCInvert(Attack):
     assumes = "the first layer is fully connected with a bias; labels inferred (iDLG rule) for the label score"
 
     def applies(self, model, shape, protocol, batch_size):
-        first = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
+        _, first = first_layer(model)
         if isinstance(first, nn.Linear) and first.bias is not None:
             return None
         what = type(first).__name__ if first is not None else "no parameterized layer"

@@ -116,13 +116,14 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
     file that cannot be written (a read-only folder) is a warning, the ranking is still returned."""
     from giabench.leaderboard import plots, report, summary, tables, tradeoff
 
+    if utility_csv is None and (run_dir / "utility" / "utility.csv").is_file():  # the suite's own utility section
+        utility_csv = str(run_dir / "utility" / "utility.csv")
+    rows = tradeoff.read_utility(utility_csv) if utility_csv else None  # checked before anything is written
     frame = tables.cells(run_dir)
     if frame.empty:
         raise GiabenchError(f"{run_dir}: no finished cells yet")
-    if utility_csv is None and (run_dir / "utility" / "utility.csv").is_file():  # the suite's own utility section
-        utility_csv = str(run_dir / "utility" / "utility.csv")
-    rows = tradeoff.read_utility(utility_csv) if utility_csv else None
     trade = tradeoff.table(frame, rows) if rows is not None else None
+    defended = summary.defense_summary(frame, Store(run_dir, create=False).images(), rows)
     try:
         tables.write_csv(frame, run_dir / "leaderboard.csv")
         if trade is not None:
@@ -130,12 +131,12 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
             figure = plots.privacy_utility(report.utility_points(trade))
             if figure:
                 (run_dir / "privacy_utility.svg").write_text(figure, encoding="utf-8")
-        report.write(frame, run_dir, run_dir / "leaderboard.html", title=title, tradeoff=trade, utility=rows)
+        report.write(frame, run_dir, run_dir / "leaderboard.html", title=title, tradeoff=trade, utility=rows,
+                     defended=defended)
         written = f"\n\nwrote {run_dir / 'leaderboard.csv'} and {run_dir / 'leaderboard.html'}"
     except OSError as exc:
         print(f"giabench: warning: cannot write the leaderboard in {run_dir} ({exc.strerror})", file=sys.stderr)
         written = ""
-    defended = summary.defense_summary(frame, Store(run_dir, create=False).images(), rows)
     answer = f"\n\ndefenses, most leakage first (worst case over every attack):\n{summary.terminal(defended)}" \
         if len(defended) else ""
     return tables.terminal(tables.ranking(frame)) + answer + written
@@ -144,10 +145,6 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
 def leaderboard(run_dir: str, utility_csv: str | None = None) -> int:
     """``giabench leaderboard``: rewrite a run folder's leaderboard files."""
     folder = run_folder(run_dir)
-    if utility_csv is not None:
-        from giabench.leaderboard import tradeoff
-
-        tradeoff.read_utility(utility_csv)  # checked before anything is written
     print(write_leaderboard(folder, f"giabench: {folder.name}", utility_csv))
     return 0
 
@@ -302,7 +299,6 @@ def utility_run(config: str, out: str = "runs/utility", data_root: str = "", thr
     cfg = utility_config.load_config(config)
     cfg.data_root = data_root or cfg.data_root
     folder = out_dir(out, Path("runs/utility"))
-    numerics.settings("cpu", threads)
     frame = utility.run(cfg, folder, show_progress=not quiet, threads=threads)
     columns = ["defense", "defense_params", "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon", "adjacency"]
     print(frame[columns].to_string(index=False))

@@ -1,6 +1,12 @@
 """Errors that the command line turns into one line and exit code 2."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (empty when it has none), for one-line reports."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class GiabenchError(Exception):
     """Bad input from the user: a config, a name, a file. The message says what is wrong and where."""
 

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
-from giabench.errors import GiabenchError
+from giabench.errors import GiabenchError, first_line
 
 ADDRESS_TIMEOUT_S = 10.0  # how long a Ray cluster's address may take to accept a connection
 
@@ -58,20 +58,19 @@ def check_address(address: str | None) -> None:
 
 def on_ray(todo: list, run, env, address: str | None, finish) -> None:
     """Each cell a Ray task reserving ``env.threads`` CPUs (and a GPU when cells run on CUDA); results stream back
-    to this driver as they finish. A local cluster (``address`` None) listens on loopback only, without dashboard."""
+    to this driver as they finish. A local cluster (``address`` None) listens on loopback only, without dashboard.
+    The address was checked with the rest of the input (``check_address``, from ``commands.environment``)."""
     try:
         import ray
     except ImportError:
         raise GiabenchError("--executor ray needs Ray: pip install -e '.[ray]'") from None
-    check_address(address)
     if not ray.is_initialized():
         options = {"address": address} if address else {"num_cpus": os.cpu_count(), "_node_ip_address": "127.0.0.1"}
         try:
             ray.init(include_dashboard=False, log_to_driver=False, logging_level="error", **options)
         except (ConnectionError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GiabenchError(f"--address {address or 'local'}: Ray could not start or join a cluster ({first})") \
-                from None
+            raise GiabenchError(f"--address {address or 'local'}: Ray could not start or join a cluster "
+                                f"({first_line(exc) or type(exc).__name__})") from None
     task = ray.remote(num_cpus=env.threads, num_gpus=1 if env.device.startswith("cuda") else 0,
                       max_retries=0)(run)
     pending = {task.remote(cell, env): cell for cell in todo}

@@ -28,7 +28,7 @@ import torchvision
 from torch import nn
 
 from giabench import checks
-from giabench.errors import ConfigError
+from giabench.errors import ConfigError, first_line
 from giabench.registry import model, models
 
 MODES = ("eval", "train")
@@ -270,12 +270,7 @@ def _user_module(name: str, where: str):
     except ImportError as exc:
         raise ConfigError(f"{where}: cannot import module {name!r} ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # noqa: BLE001 -- the user's module failing on import is reported in one line
-        raise ConfigError(f"{where}: importing {name!r} raised {type(exc).__name__}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+        raise ConfigError(f"{where}: importing {name!r} raised {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def check_model(net: nn.Module, shape: tuple[int, ...], num_classes: int, where: str) -> None:
@@ -285,7 +280,7 @@ def check_model(net: nn.Module, shape: tuple[int, ...], num_classes: int, where:
             out = net.eval()(torch.zeros(2, *shape))
     except Exception as exc:  # noqa: BLE001 -- any failure of the user's forward pass is reported in one line
         raise ConfigError(f"{where}: the forward pass on {tuple(shape)} images fails ({type(exc).__name__}: "
-                          f"{_first_line(exc)})") from None
+                          f"{first_line(exc)})") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"{where}: the output for 2 images is {got}, expected (2, {num_classes}): one logit per "

@@ -21,7 +21,7 @@ from PIL import Image
 
 from giabench import __version__, data, executors, metrics, models, numerics, protocols, threats
 from giabench.contracts import ServerView
-from giabench.errors import ConfigError, GiabenchError, NotApplicable
+from giabench.errors import ConfigError, GiabenchError, NotApplicable, first_line
 from giabench.images import image_grid
 from giabench.registry import attacks, datasets, defenses
 from giabench.store import Store, exclusive
@@ -96,9 +96,8 @@ def validate(cells: list[Cell], env: Environment) -> None:
             except ConfigError as exc:
                 raise ConfigError(f"{cell.at('model', exc.field)}: {exc}") from None
             except RuntimeError as exc:  # an architecture that cannot take these images
-                first = str(exc).strip().splitlines()[0]
                 raise ConfigError(f"{cell.at('model')}: model {c['model']['name']} cannot take "
-                                  f"{c['dataset']['name']} images ({first})") from None
+                                  f"{c['dataset']['name']} images ({first_line(exc)})") from None
         try:
             defenses.get(c["defense"]["name"]).check_cell(_params(c, "defense"), c["protocol"]["name"],
                                                           c["batch_size"])
@@ -190,7 +189,7 @@ def run_cell_safely(cell: Cell, env: Environment, progress=None) -> tuple[dict, 
     try:
         return run_cell(cell, env, progress)
     except Exception as exc:  # noqa: BLE001 -- one cell's failure is recorded, never the suite's end
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
         return {**_identity(cell, env), "status": "failed", "note": reason.rstrip(": ")}, [], None
 
 

@@ -266,16 +266,19 @@ def _epsilon_points(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str = "giabench leaderboard",
-          tradeoff: pd.DataFrame | None = None, utility: pd.DataFrame | None = None) -> None:
+          tradeoff: pd.DataFrame | None = None, utility: pd.DataFrame | None = None,
+          defended: pd.DataFrame | None = None) -> None:
     """Render the report of ``frame`` (the run's cells) to ``path``; ``tradeoff``: the privacy-utility table,
-    ``utility``: the rows of the utility run it joins (their accuracy enters the defense summary)."""
+    ``utility``: the rows of the utility run it joins (their accuracy enters the defense summary), ``defended``: that
+    summary when the caller has it already (``summary.defense_summary``; computed here otherwise)."""
     run_dir = Path(run_dir)
     try:
         images = Store(run_dir, create=False).images()
     except GiabenchError:
         images = pd.DataFrame(columns=["cell", "image", "psnr", "ssim"])
     matrices = _matrices(frame, tradeoff)
-    defended = summary.defense_summary(frame, images, utility)
+    if defended is None:
+        defended = summary.defense_summary(frame, images, utility)
     trained_on = sorted({f"{d}/{m}" for d, m in zip(utility["dataset"], utility["model"], strict=True)}) \
         if utility is not None else []
     plot_list = [(name, Markup(svg)) for name, svg in (

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from giabench.leaderboard.tables import short
 from giabench.metrics import LEAK_DB
 
 SETTING = ["attack", "attack_params", "dataset", "model", "model_params", "protocol", "protocol_params", "batch_size"]
@@ -59,8 +60,6 @@ def _utility(utility: pd.DataFrame | None) -> pd.DataFrame:
 
 def terminal(table: pd.DataFrame) -> str:
     """The defense summary as plain text, most leakage first."""
-    from giabench.leaderboard.tables import short
-
     def cost(value, digits: int) -> str:
         return "" if pd.isna(value) else "inf" if value == float("inf") else f"{value:.{digits}f}"
 

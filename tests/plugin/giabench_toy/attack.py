@@ -6,16 +6,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from giabench.attacks.analytic import first_layer
 from giabench.contracts import Attack, Reconstruction
 from giabench.errors import NotApplicable
 from giabench.registry import attack
-
-
-def first_layer(model: nn.Module) -> tuple[str, nn.Module | None]:
-    for name, module in model.named_modules():
-        if any(True for _ in module.parameters(recurse=False)):
-            return name, module
-    return "", None
 
 
 @attack("toy-row")
