@@ -71,6 +71,7 @@ class Attack:
     needs: tuple[str, ...] = ()
     assumes = ""  # one line for `giabench list attacks`
     budget_unit = "iterations"
+    closed_form: bool | None = None  # the gate judges a closed-form result exactly; None: by family (analytic, label)
 
     @classmethod
     def for_audit(cls, level: str, shape: tuple[int, ...]) -> dict:

@@ -53,8 +53,10 @@ EPSILON_RTOL = 1e-6
 
 
 def judge(attack: str, attack_params: str) -> str:
-    """``exact`` for closed-form attacks, ``aggregate`` for chaotic ones."""
-    return "exact" if attacks.get(attack).family in EXACT_FAMILIES else "aggregate"
+    """``exact`` for closed-form attacks (by family unless the attack says), ``aggregate`` for chaotic ones."""
+    cls = attacks.get(attack)
+    closed = cls.family in EXACT_FAMILIES if cls.closed_form is None else cls.closed_form
+    return "exact" if closed else "aggregate"
 
 
 def _metric_judge(setting_judge: str, metric: str, attack_params: str) -> str:

@@ -51,7 +51,8 @@ def test_the_battery_follows_the_architecture(audited):
     suite = yaml.safe_load((out / "audit-suite.yaml").read_text())
     attacks = {entry["attack"] if isinstance(entry["attack"], str) else entry["attack"]["name"]
                for entry in suite["grid"]}
-    assert attacks == {"fc-invert", "infer-labels", "idlg", "ig", "rtf", "gias"}  # gias: dcgan-patches is 3x32x32
+    # gias: dcgan-patches is 3x32x32; spear and cpa: 32 ReLU units take a batch of 4
+    assert attacks == {"fc-invert", "infer-labels", "idlg", "ig", "rtf", "gias", "spear", "cpa"}
     report = (out / "audit.md").read_text()
     assert "- rgap: layer 2 (ReLU) is not invertible" in report
 
@@ -63,8 +64,8 @@ def test_the_verdicts_name_what_each_attacker_reconstructs(audited):
     assert [v.split(":")[0] for v in verdicts] == ["- Eavesdropper (A)", "- Informed Eavesdropper (B)",
                                                     "- Data-Enhanced Eavesdropper (D)",
                                                     "- Data-Enhanced Manipulator (G)"]
-    # a fully connected first layer with a bias: linear-layer inversion rebuilds the single image exactly
-    assert "reconstructs" in verdicts[0] and "no image" not in verdicts[0] and "linear-layer inversion" in verdicts[0]
+    # a fully connected first layer with a bias, then ReLU: SPEAR rebuilds the whole batch of 4 exactly
+    assert "reconstructs 4 of 4 images of a batch of 4" in verdicts[0] and "(SPEAR" in verdicts[0]
     assert "Labels:" in verdicts[0]
     table = report[report.index("| defense |"):]
     none, dp = (next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
@@ -89,6 +90,8 @@ def test_a_convolutional_first_layer_rules_out_linear_layer_inversion():
     assert "fc-invert" not in names and "rgap" in names  # LeakyReLU and convolutions: R-GAP applies at batch 1
     reasons = dict(skipped)
     assert reasons.pop("fc-invert") == "the first layer is Conv2d, not fully connected with a bias"
+    assert reasons.pop("spear") == "the first layer is Conv2d, not fully connected with a bias"
+    assert "cpa" in names  # the head's 10 units mix the trunk's features of up to 10 images
     # the rest sit audits out by their own word (for_audit), each saying which attack of the battery stands for it
     assert set(reasons) == {"dlg", "ggl", "gifd", "hyperfl-invert"}
     assert all(reason.startswith("not in the battery: ") for reason in reasons.values())

@@ -9,7 +9,9 @@ import torch
 
 from giabench import runner, suite
 from giabench.attacks.analytic import RobbingTheFed
+from giabench.attacks.cpa import CocktailParty
 from giabench.attacks.optimization import InvertingGradients
+from giabench.attacks.spear import Spear
 from giabench.defenses import dp_sgd, quantization
 from giabench.leaderboard import regress, tables
 
@@ -35,6 +37,10 @@ def _rtf(c):
     return c["attack"]["name"] == "rtf"
 
 
+def _undefended(name):
+    return lambda c: c["attack"]["name"] == name and c["defense"]["name"] == "none"
+
+
 def _dp_sgd(c):
     return c["defense"]["name"] == "dp-sgd"
 
@@ -44,7 +50,8 @@ def _sign_quantized(c):
 
 
 def test_the_mutated_settings_pass_unmutated(tmp_path):
-    failures, _ = _gate(tmp_path, lambda c: _ig_undefended(c) or _rtf(c) or _dp_sgd(c) or _sign_quantized(c))
+    failures, _ = _gate(tmp_path, lambda c: _ig_undefended(c) or _rtf(c) or _dp_sgd(c) or _sign_quantized(c)
+                        or _undefended("spear")(c) or _undefended("cpa")(c))
     assert failures == []
 
 
@@ -71,6 +78,30 @@ def test_gate_fails_when_rtf_cutoffs_shift_by_one_standard_deviation(tmp_path, m
     monkeypatch.setattr(RobbingTheFed, "bin_edges", shifted)
     failures, _ = _gate(tmp_path, _rtf)
     assert any(line.startswith(("weaker: rtf", "changed: rtf")) and "exact" in line for line in failures), failures
+
+
+def _weakened(monkeypatch, cls, **changes):
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def weaker(self, **params):
+        original(self, **params)
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+    monkeypatch.setattr(cls, "__init__", weaker)
+
+
+def test_gate_fails_when_spear_filters_its_proposals_too_strictly(tmp_path, monkeypatch):
+    _weakened(monkeypatch, Spear, tau=0.9)  # keeps only directions with 90 % of the way to all-zero: none
+    failures, _ = _gate(tmp_path, _undefended("spear"))
+    assert any(line.startswith(("weaker: spear", "changed: spear")) and "exact" in line for line in failures), failures
+
+
+def test_gate_fails_when_cpa_loses_its_total_variation_prior(tmp_path, monkeypatch):
+    _weakened(monkeypatch, CocktailParty, tv=0.0)
+    failures, _ = _gate(tmp_path, _undefended("cpa"))
+    assert any(line.startswith("weaker: cpa") and "psnr" in line for line in failures), failures
 
 
 def test_gate_fails_naming_dp_sgd_when_its_noise_is_dropped(tmp_path, monkeypatch):

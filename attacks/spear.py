@@ -1,0 +1,288 @@
+"""SPEAR (Dimitrov, Baader, Müller, Vechev; NeurIPS 2024, "SPEAR: Exact Gradient Inversion of Batches in Federated
+Learning"): exact recovery of a whole batch from the gradient of a linear layer Z = X W^T + b followed by ReLU.
+
+With D = dL/dZ (m x B, column k the output gradient of sample k) the weight gradient is
+    G = dL/dW = D X^T,   rank G <= B                                                           (low rank)
+so a truncated SVD G = L R (L = U_B S_B, m x B; R = V_B^T, B x n) and some Q in GL(B) give
+    D = L Q,   X^T = Q^{-1} R                                                                   (disaggregation)
+ReLU makes each column of D sparse: row i of D is zero where unit i is inactive for sample k (about half of them).
+Rows of L for which column k of D vanishes lie in the hyperplane q_k^T-orthogonal, so B-1 of them sampled at random
+span it with probability about 2^-(B-1) per sample, and the kernel of that (B-1) x B submatrix L_A is q_k up to scale:
+    L_A q = 0,  ||q|| = 1                                                                       (sampling)
+A proposal is kept when L q has tau of the way more zeros than the chunk's median proposal (a wrong proposal has only
+the B-1 zeros it was built on; filtering). An entry counts as zero below 1e-6 of its column's largest or three times
+the noise std read off the discarded singular values (DP noise, float32 rounding); when the B-th singular value sits
+inside the noise bulk (below 2 sigma (sqrt m + sqrt n)) nothing is sampled. The B kept directions are chosen
+greedily, sparsest first, keeping Q invertible, then improved by swaps against the ReLU consistency of the result:
+with X from Q, unit i of sample k must be inactive (x_k^T w_i + b_i <= 0) exactly where D_ik = 0 (greedy selection,
+two stages). The column scales s come from the bias gradient,
+    dL/db = D 1 = L Q diag(s) 1   (least squares for s),                                       (scale recovery)
+and X^T = (Q diag(s))^{-1} R. The sampling cost grows as 2^B: the paper reaches B ~ 25 on a GPU.
+Conditions (checked, else not applicable): the layer is the model's first, a linear layer with a bias followed by
+ReLU, and it has at least B live units (the rank of G is B when the inputs are linearly independent).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from giabench import checks
+from giabench.attacks import labels as label_methods
+from giabench.attacks.analytic import fill_slots, first_layer, first_linear, layer_gradients
+from giabench.attacks.base import Attack
+from giabench.contracts import Reconstruction
+from giabench.errors import NotApplicable
+from giabench.registry import attack
+
+
+def expected_samples(batch_size: int) -> float:
+    """Submatrices drawn until every direction has been found once when each unit is inactive for half of the
+    samples: each direction is drawn with probability 2^-(B-1), so a coupon collector's H_B 2^(B-1) (Lemma 5.2)."""
+    return sum(1 / k for k in range(1, batch_size + 1)) * 2.0 ** (batch_size - 1)
+
+
+def relu_follows(model: nn.Module, layer: nn.Module, shape: tuple[int, ...], generator: torch.Generator) -> bool:
+    """Whether ``layer``'s output reaches the loss through a ReLU: on a random batch the output gradient is exactly zero
+    wherever the output is negative, and not zero everywhere it is positive."""
+    outputs = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: outputs.append(out) or out.retain_grad())
+    try:
+        x = torch.randn(4, *shape, generator=generator).to(next(model.parameters()).device)
+        logits = model(x)
+        logits.backward(torch.randn(logits.shape, generator=generator).to(logits.device))
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    z, dz = outputs[0].detach(), outputs[0].grad
+    return bool((dz[z < 0] == 0).all() and (dz[z > 0] != 0).float().mean() > 0.5)
+
+
+def kernel_directions(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit kernel vectors of a batch of (B-1) x B matrices A (q = (-A'^{-1} a, 1) normalized, with A = [A' | a]), and
+    which matrices have full rank B-1 (the pivots of A' clear of zero): a rank-deficient one has a kernel of two or
+    more directions, and its vector is an arbitrary mixture of them."""
+    lu, pivots, _ = torch.linalg.lu_factor_ex(rows[:, :, :-1])
+    pivot = lu.diagonal(dim1=1, dim2=2).abs()
+    full_rank = pivot.amin(dim=1) > 1e-9 * pivot.amax(dim=1)
+    lu[~full_rank] = torch.eye(rows.shape[1], dtype=rows.dtype)  # any invertible stand-in; those rows are dropped
+    head = torch.linalg.lu_solve(lu, pivots, -rows[:, :, -1:]).squeeze(-1)
+    q = torch.cat([head, torch.ones_like(head[:, :1])], dim=1)
+    return q / q.norm(dim=1, keepdim=True), full_rank
+
+
+def zeros_of(values: torch.Tensor, tol: float, floor: float) -> torch.Tensor:
+    """Which entries of each column of L Q count as zero: below ``tol`` times the column's largest or ``floor``."""
+    return values.abs() <= torch.clamp(tol * values.abs().amax(dim=0, keepdim=True), min=floor)
+
+
+def zero_counts(basis: torch.Tensor, directions: torch.Tensor, tol: float, floor: float) -> torch.Tensor:
+    """For each direction q (columns), how many entries of L q are zero (``zeros_of``)."""
+    return zeros_of(basis @ directions, tol, floor).sum(dim=0)
+
+
+def noise_level(singular: torch.Tensor, rank: int, columns: int) -> float:
+    """The per-entry std of noise on G (a DP mechanism's, or float32 rounding) from the singular values past the rank:
+    noise of std sigma on an m x n matrix leaves sum_{i > B} s_i^2 ~ sigma^2 (m - B)(n - B); it reaches L q with the
+    same std for a unit q, which sets the floor below which an entry of L q counts as zero."""
+    rows = singular.numel()
+    tail = singular[rank:]
+    dof = (rows - rank) * (columns - rank)
+    return float((tail.square().sum() / dof).sqrt()) if tail.numel() and dof > 0 else 0.0
+
+
+def refine(basis: torch.Tensor, directions: torch.Tensor, floor: float, loose: float = 1e-4) -> torch.Tensor:
+    """Each direction re-solved on every row it (nearly) zeroes, not only the B-1 it was sampled from: the last right
+    singular vector of L restricted to the rows where |L q| <= ``loose`` max |L q| or ``floor`` (our addition: the
+    float32 message leaves a direction from an ill-conditioned submatrix off by up to 1e-5, hiding some of its
+    zeros)."""
+    refined = []
+    for q in directions.T:
+        values = (basis @ q).abs()
+        rows = basis[values <= max(loose * float(values.max()), floor)]
+        refined.append(torch.linalg.svd(rows, full_matrices=True).Vh[-1] if rows.shape[0] >= basis.shape[1] - 1 else q)
+    return torch.stack(refined, dim=1)
+
+
+class Candidates:
+    """Distinct kept directions (unit, sign fixed), with their zero counts and how often sampling found each."""
+
+    def __init__(self, size: int):
+        self.directions = torch.empty(size, 0, dtype=torch.float64)
+        self.zeros = torch.empty(0, dtype=torch.long)
+        self.hits = torch.empty(0, dtype=torch.long)
+
+    def add(self, directions: torch.Tensor, zeros: torch.Tensor) -> None:
+        signs = torch.sign(directions[directions.abs().argmax(dim=0), torch.arange(directions.shape[1])])
+        for q, z in zip((directions * signs).T, zeros, strict=True):
+            same = (self.directions.T @ q).abs() > 1 - 1e-6 if self.hits.numel() else torch.zeros(0, dtype=torch.bool)
+            if same.any():
+                self.hits[same.nonzero()[0]] += 1
+                continue
+            self.directions = torch.cat([self.directions, q[:, None]], dim=1)
+            self.zeros = torch.cat([self.zeros, z[None]])
+            self.hits = torch.cat([self.hits, torch.ones(1, dtype=torch.long)])
+
+    def __len__(self) -> int:
+        return int(self.hits.numel())
+
+    def order(self) -> torch.Tensor:
+        """Sparsest first, the most often found breaking ties."""
+        return torch.tensor(sorted(range(len(self)), key=lambda i: (-int(self.zeros[i]), -int(self.hits[i]))),
+                            dtype=torch.long)
+
+
+class Assembly:
+    """A choice of B candidate directions turned into inputs, and how consistent they are with ReLU."""
+
+    def __init__(self, basis, rows, bias_grad, weight, bias, directions, tol, floor):
+        self.basis, self.rows, self.bias_grad, self.weight, self.bias = basis, rows, bias_grad, weight, bias
+        self.directions, self.tol, self.floor = directions, tol, floor
+
+    def inputs(self, chosen: list[int]) -> torch.Tensor:
+        """X (B x n) from the chosen directions, each scaled by the bias gradient's least squares."""
+        q = self.directions[:, chosen]
+        scales = torch.linalg.lstsq(self.basis @ q, self.bias_grad[:, None]).solution.squeeze(1)
+        return torch.linalg.solve(q * scales, self.rows)
+
+    def consistency(self, chosen: list[int]) -> float:
+        """The share of (unit, sample) pairs where D_ik = 0 exactly when the recovered x_k leaves unit i inactive,
+        among pairs whose pre-activation z_ik is clear of zero (|z| > 1e-3 max |z|: the float32 message moves x)."""
+        zero = zeros_of(self.basis @ self.directions[:, chosen], self.tol, self.floor)
+        z = (self.inputs(chosen) @ self.weight.T + self.bias).T
+        clear = z.abs() > 1e-3 * z.abs().amax()
+        return float((zero == (z <= 0))[clear].double().mean())
+
+
+def independent(directions: torch.Tensor, chosen: list[int], candidate: int) -> bool:
+    """Whether ``candidate`` keeps the chosen directions well conditioned (its distance to their span > 1e-3)."""
+    if not chosen:
+        return True
+    span, _ = torch.linalg.qr(directions[:, chosen])
+    q = directions[:, candidate]
+    return float((q - span @ (span.T @ q)).norm()) > 1e-3
+
+
+def greedy(assembly: Assembly, order: torch.Tensor, rank: int, swaps: int) -> tuple[list[int], float]:
+    """Stage 1: sparsest directions first, skipping dependent ones. Stage 2: swap a chosen direction for an unused one
+    while the ReLU consistency improves (at most ``swaps`` unused candidates tried per position)."""
+    chosen: list[int] = []
+    for index in order.tolist():
+        if len(chosen) == rank:
+            break
+        if independent(assembly.directions, chosen, index):
+            chosen.append(index)
+    if len(chosen) < rank:
+        return chosen, 0.0
+    score = assembly.consistency(chosen)
+    spare = [i for i in order.tolist() if i not in chosen][:swaps]
+    improved = score < 1.0
+    while improved:
+        improved = False
+        for position in range(rank):
+            for index in spare:
+                trial = chosen[:position] + [index] + chosen[position + 1:]
+                if not independent(assembly.directions, trial[:position] + trial[position + 1:], index):
+                    continue
+                trial_score = assembly.consistency(trial)
+                if trial_score > score:
+                    spare[spare.index(index)] = chosen[position]
+                    chosen, score, improved = trial, trial_score, True
+                    break
+    return chosen, score
+
+
+@attack("spear")
+class Spear(Attack):
+    """SPEAR (Dimitrov et al., NeurIPS 2024): G = L R, D = L Q, X^T = Q^{-1} R with the columns of Q found as kernels
+    of random (B-1)-row submatrices of L that make L q sparse; scales from dL/db = L Q 1."""
+
+    family = "analytic"
+    title = "SPEAR"
+    budget_unit = "sampled submatrices"
+    assumes = ("the first layer is linear with a bias and followed by ReLU, with at least B live units; an honest "
+               "server; labels inferred (LLG) for the label score")
+
+    @classmethod
+    def for_audit(cls, level, shape):
+        return {"samples": {"quick": 2**18, "standard": 2**21, "thorough": 2**24}[level]}
+
+    def applies(self, model, shape, protocol, batch_size):
+        _, first = first_layer(model)
+        if not isinstance(first, nn.Linear) or first.bias is None:
+            what = type(first).__name__ if first is not None else "no parameterized layer"
+            return f"the first layer is {what}, not fully connected with a bias"
+        if batch_size < 2:
+            return "a batch of one is the linear-layer inversion's case (fc-invert), exact without sampling"
+        if expected_samples(batch_size) > 8 * self.samples:
+            return (f"at B={batch_size} sampling needs about {expected_samples(batch_size):.1e} submatrices "
+                    f"(2^(B-1) H_B), beyond 8 times the budget of {self.samples:.1e}")
+        if first.out_features < batch_size:
+            return f"the first layer has {first.out_features} units, fewer than the batch of {batch_size}"
+        if not relu_follows(model, first, shape, torch.Generator().manual_seed(0)):
+            return "the first layer is not followed by ReLU (its output gradient is not zero where it is negative)"
+        return None
+
+    def __init__(self, *, samples: int = 2**22, chunk: int = 4096, tau: float = 0.1, rank_tol: float = 1e-5,
+                 zero_tol: float = 1e-6, swaps: int = 32, labels: str = "inferred:llg"):
+        checks.at_least("attack spear", 1, samples=samples, chunk=chunk)
+        checks.at_least("attack spear", 0, swaps=swaps)
+        for name, value in {"tau": tau, "rank_tol": rank_tol, "zero_tol": zero_tol}.items():
+            checks.require("attack spear", name, value, 0 < value < 1, "a number in (0, 1)")
+        label_methods.check(labels)
+        self.samples, self.chunk, self.tau, self.rank_tol, self.zero_tol = samples, chunk, tau, rank_tol, zero_tol
+        self.swaps, self.labels = swaps, labels
+
+    def planned_budget(self):
+        return self.samples
+
+    def reconstruct(self, view, simulate, generator, progress=None):
+        name = first_linear(view.model)
+        layer = view.model.get_submodule(name)
+        weight_grad, bias_grad = layer_gradients(view.message, name, "spear")
+        live = weight_grad.abs().amax(dim=1) > 0
+        u, s, vh = torch.linalg.svd(weight_grad[live], full_matrices=False)
+        rank = min(view.batch_size, int((s > self.rank_tol * s[0]).sum()) if s.numel() and s[0] > 0 else 0)
+        if rank < 2:
+            raise NotApplicable(f"spear: the weight gradient of {name} has rank {rank} (B=1 is fc-invert's case)")
+        basis, rows = u[:, :rank] * s[:rank], vh[:rank]
+        width = basis.shape[0]
+        sigma = noise_level(s, rank, weight_grad.shape[1])
+        floor = 3 * sigma
+        # noise of std sigma spreads singular values up to sigma (sqrt m + sqrt n): a B-th one inside that bulk is lost
+        drowned = float(s[rank - 1]) <= 2 * sigma * (width ** 0.5 + weight_grad.shape[1] ** 0.5)
+        found, drawn, chosen, score = Candidates(rank), 0, [], 0.0
+        assembly = Assembly(basis, rows, bias_grad[live], layer.weight.detach().double().cpu()[live],
+                            layer.bias.detach().double().cpu()[live], found.directions, self.zero_tol, floor)
+        while drawn < self.samples and not drowned:
+            count = min(self.chunk, self.samples - drawn)
+            picks = torch.rand(count, width, generator=generator).topk(rank - 1, dim=1).indices
+            directions, full_rank = kernel_directions(basis[picks])
+            directions = directions.T
+            zeros = zero_counts(basis, directions, self.zero_tol, floor)
+            typical = float(zeros.median())  # B-1 without noise; near m when noise hides the sparsity
+            keep = (zeros >= typical + self.tau * (width - typical)) & full_rank
+            drawn += count
+            if keep.any():
+                before = len(found)
+                kept = refine(basis, directions[:, keep], floor)
+                found.add(kept, zero_counts(basis, kept, self.zero_tol, floor))
+                if len(found) >= rank and len(found) > before:
+                    assembly.directions = found.directions
+                    chosen, score = greedy(assembly, found.order(), rank, self.swaps)
+                    if score == 1.0:
+                        break
+            if progress:
+                progress(count)
+        extra = {"rank": rank, "live_units": width, "sampled": drawn, "candidates": len(found),
+                 "consistency": score, "noise_level": sigma, "drowned": drowned}
+        if len(chosen) == rank:
+            normalized = assembly.inputs(chosen)
+        else:  # too few directions: no input can be disaggregated from the others
+            normalized = torch.empty(0, rows.shape[1], dtype=torch.float64)
+        mean, std = view.model.mean.cpu().double(), view.model.std.cpu().double()
+        found_images = (normalized.view(-1, *view.shape) * std + mean).float().clamp(0, 1)
+        images, recovered = fill_slots(found_images, view.batch_size)
+        y = label_methods.resolve(self.labels, view, simulate)
+        return Reconstruction(images, y, drawn, extra=extra, recovered=recovered)
+
