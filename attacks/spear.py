@@ -205,7 +205,7 @@ class Spear(Attack):
 
     @classmethod
     def for_audit(cls, level, shape):
-        return {"samples": {"quick": 2**18, "standard": 2**21, "thorough": 2**24}[level]}
+        return {"samples": {"quick": 2**20, "standard": 2**22, "thorough": 2**24}[level]}
 
     def applies(self, model, shape, protocol, batch_size):
         _, first = first_layer(model)

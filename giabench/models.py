@@ -122,8 +122,9 @@ class ConvNet(nn.Module):
         blocks = [(c, a), (a, b), (b, b), (b, d), (d, d), (d, d), "pool", (d, d), (d, d), "pool"]
         layers = [m for blk in blocks for m in ([POOLS[pool](3)] if blk == "pool" else _conv_bn(*blk, activation))]
         self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            flat = self.features(torch.zeros(2, c, h, w)).flatten(1).shape[1]
+        with torch.no_grad():  # eval mode: the shape probe must not move the fresh batch-norm buffers
+            flat = self.features.eval()(torch.zeros(2, c, h, w)).flatten(1).shape[1]
+        self.features.train()
         self.fc = nn.Linear(flat, num_classes)
         initialize(self, init)
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from giabench import data, models
 from giabench.errors import ConfigError
@@ -91,3 +92,14 @@ def test_each_model_defaults_to_its_papers_init_and_others_are_options():
     assert resnet.conv1.weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.15)  # torchvision's He
     with pytest.raises(ConfigError, match="init must be one of"):
         models.build("mlp", {"init": "glorot"}, CIFAR, "untrained", seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(set(models.models.names()) - {"factory"}))
+def test_every_untrained_zoo_model_has_fresh_batch_norm_buffers(name):
+    """As its paper's code builds it: running mean 0, running variance 1, no batch tracked (Inverting Gradients and
+    breaching evaluate eval-mode BN at these)."""
+    net = models.build(name, {}, data.load("cifar10-sample"), "untrained", 0)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        assert (m.running_mean == 0).all() and (m.running_var == 1).all() and m.num_batches_tracked == 0, name
+    assert norms or name != "convnet"
