@@ -214,9 +214,8 @@ class Spear(Attack):
             return f"the first layer is {what}, not fully connected with a bias"
         if batch_size < 2:
             return "a batch of one is the linear-layer inversion's case (fc-invert), exact without sampling"
-        if expected_samples(batch_size) > 8 * self.samples:
-            return (f"at B={batch_size} sampling needs about {expected_samples(batch_size):.1e} submatrices "
-                    f"(2^(B-1) H_B), beyond 8 times the budget of {self.samples:.1e}")
+        if self.beyond_budget(batch_size):
+            return self.beyond_budget(batch_size)
         if first.out_features < batch_size:
             return f"the first layer has {first.out_features} units, fewer than the batch of {batch_size}"
         if not relu_follows(model, first, shape, torch.Generator().manual_seed(0)):
@@ -236,7 +235,16 @@ class Spear(Attack):
     def planned_budget(self):
         return self.samples
 
+    def beyond_budget(self, batch_size: int) -> str | None:
+        """Why the sampling cannot be expected to finish at ``batch_size`` (None when it can)."""
+        if expected_samples(batch_size) <= 8 * self.samples:
+            return None
+        return (f"at B={batch_size} sampling needs about {expected_samples(batch_size):.1e} submatrices "
+                f"(2^(B-1) H_B), beyond 8 times the budget of {self.samples:.1e}")
+
     def reconstruct(self, view, simulate, generator, progress=None):
+        if self.beyond_budget(view.batch_size):
+            raise NotApplicable(f"spear: {self.beyond_budget(view.batch_size)}")
         name = first_linear(view.model)
         layer = view.model.get_submodule(name)
         weight_grad, bias_grad = layer_gradients(view.message, name, "spear")

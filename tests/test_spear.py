@@ -41,8 +41,13 @@ def test_spear_recovers_nothing_through_dp_noise():
 
 
 def test_spear_with_too_small_a_budget_fills_no_slot():
-    recon, exact = _attack(16, 0, samples=64, chunk=64)
-    assert exact == 0 and not recon.recovered.any()
+    recon, exact = _attack(12, 0, samples=1024, chunk=256)  # about 6,400 submatrices find all 12 directions
+    assert exact == 0 and not recon.recovered.any() and recon.extra["sampled"] == 1024
+
+
+def test_spear_refuses_a_batch_its_budget_cannot_reach():
+    with pytest.raises(NotApplicable, match="beyond 8 times the budget"):
+        _attack(16, 0, samples=1024)
 
 
 def test_kernel_directions_are_unit_kernels_and_flag_rank_deficient_rows():
