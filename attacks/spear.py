@@ -17,7 +17,8 @@ greedily, sparsest first, keeping Q invertible, then improved by swaps against t
 with X from Q, unit i of sample k must be inactive (x_k^T w_i + b_i <= 0) exactly where D_ik = 0 (greedy selection,
 two stages). The column scales s come from the bias gradient,
     dL/db = D 1 = L Q diag(s) 1   (least squares for s),                                       (scale recovery)
-and X^T = (Q diag(s))^{-1} R. The sampling cost grows as 2^B: the paper reaches B ~ 25 on a GPU.
+and X^T = (Q diag(s))^{-1} R, returned when at least 90 % of the pairs are ReLU-consistent (a wrong choice scores
+about 60 %; those slots stay unfilled). The sampling cost grows as 2^B: the paper reaches B ~ 25 on a GPU.
 Conditions (checked, else not applicable): the layer is the model's first, a linear layer with a bias followed by
 ReLU, and it has at least B live units (the rank of G is B when the inputs are linearly independent).
 """
@@ -34,6 +35,8 @@ from giabench.attacks.base import Attack
 from giabench.contracts import Reconstruction
 from giabench.errors import NotApplicable
 from giabench.registry import attack
+
+MIN_CONSISTENCY = 0.9  # a wrong choice scores about 0.6 (chance); one wrong direction of 16 still scores 0.98
 
 
 def expected_samples(batch_size: int) -> float:
@@ -285,9 +288,9 @@ class Spear(Attack):
                 progress(count)
         extra = {"rank": rank, "live_units": width, "sampled": drawn, "candidates": len(found),
                  "consistency": score, "noise_level": sigma, "drowned": drowned}
-        if len(chosen) == rank:
+        if len(chosen) == rank and score >= MIN_CONSISTENCY:
             normalized = assembly.inputs(chosen)
-        else:  # too few directions: no input can be disaggregated from the others
+        else:  # too few directions, or a choice ReLU contradicts: no input is disaggregated from the others
             normalized = torch.empty(0, rows.shape[1], dtype=torch.float64)
         mean, std = view.model.mean.cpu().double(), view.model.std.cpu().double()
         found_images = (normalized.view(-1, *view.shape) * std + mean).float().clamp(0, 1)

@@ -40,6 +40,13 @@ def test_spear_recovers_nothing_through_dp_noise():
     assert exact == 0 and recon.extra["candidates"] < 8 and recon.extra["noise_level"] > 1e-4
 
 
+def test_spear_returns_no_image_when_relu_contradicts_its_choice():
+    """Pruning 90 % of the update breaks the low rank: whatever directions are chosen, their inputs disagree with
+    the ReLU pattern, and the slots stay unfilled rather than holding a mixture."""
+    recon, exact = _attack(8, 0, "prune", {"fraction": 0.9}, samples=8192)
+    assert recon.extra["consistency"] < 0.9 and not recon.recovered.any()
+
+
 def test_spear_with_too_small_a_budget_fills_no_slot():
     recon, exact = _attack(12, 0, samples=1024, chunk=256)  # about 6,400 submatrices find all 12 directions
     assert exact == 0 and not recon.recovered.any() and recon.extra["sampled"] == 1024
