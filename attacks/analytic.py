@@ -30,6 +30,15 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module | None]:
     return "", None
 
 
+def unless_linear_first(model: nn.Module) -> str | None:
+    """Why ``model``'s first parametrized layer is not fully connected with a bias (None when it is)."""
+    _, first = first_layer(model)
+    if isinstance(first, nn.Linear) and first.bias is not None:
+        return None
+    what = type(first).__name__ if first is not None else "no parameterized layer"
+    return f"the first layer is {what}, not fully connected with a bias"
+
+
 def first_linear(model: nn.Module) -> str:
     """Name of the first parametrized module when it is an ``nn.Linear`` (fed the flattened, normalized input)."""
     name, module = first_layer(model)
@@ -78,11 +87,7 @@ class FCInvert(Attack):
     assumes = "the first layer is fully connected with a bias; labels inferred (iDLG rule) for the label score"
 
     def applies(self, model, shape, protocol, batch_size):
-        _, first = first_layer(model)
-        if isinstance(first, nn.Linear) and first.bias is not None:
-            return None
-        what = type(first).__name__ if first is not None else "no parameterized layer"
-        return f"the first layer is {what}, not fully connected with a bias"
+        return unless_linear_first(model)
 
     def __init__(self, *, tol: float = 1e-3, labels: str = "inferred"):
         if tol <= 0:

@@ -30,7 +30,7 @@ from torch import nn
 
 from giabench import checks
 from giabench.attacks import labels as label_methods
-from giabench.attacks.analytic import layer_gradients
+from giabench.attacks.analytic import first_layer, layer_gradients
 from giabench.attacks.base import Attack
 from giabench.attacks.optimization import total_variation
 from giabench.contracts import Reconstruction
@@ -46,14 +46,6 @@ def target_layer(model: nn.Module, name: str) -> tuple[str, nn.Linear]:
         if isinstance(module, nn.Linear) and (candidate == name or not name):
             return candidate, module
     raise NotApplicable(f"cpa needs a fully connected layer{f' named {name}' if name else ''}; the model has none")
-
-
-def is_first(model: nn.Module, layer: nn.Module) -> bool:
-    """Whether ``layer`` is the first module holding parameters (its input is then the flattened image)."""
-    for module in model.modules():
-        if any(True for _ in module.parameters(recurse=False)):
-            return module is layer
-    return False
 
 
 def layer_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -169,7 +161,7 @@ class CocktailParty(Attack):
             raise NotApplicable(f"cpa: {int(live.sum())} live units of {name}, fewer mixtures than the batch of "
                                 f"{view.batch_size}")
         white = Whitened(weight_grad[live], view.batch_size)
-        first = is_first(view.model, layer)
+        first = first_layer(view.model)[1] is layer  # its inputs are then the flattened, normalized images
         unmixing = self.unmix(white, view.shape if first else None, generator, progress)
         sources = white.sources(unmixing, bias_grad[live])
         return sources, layer, {"layer": name, "mixtures": int(live.sum()), "first_layer": first}

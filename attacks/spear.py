@@ -30,7 +30,7 @@ from torch import nn
 
 from giabench import checks
 from giabench.attacks import labels as label_methods
-from giabench.attacks.analytic import fill_slots, first_layer, first_linear, layer_gradients
+from giabench.attacks.analytic import fill_slots, first_layer, first_linear, layer_gradients, unless_linear_first
 from giabench.attacks.base import Attack
 from giabench.contracts import Reconstruction
 from giabench.errors import NotApplicable
@@ -119,7 +119,7 @@ class Candidates:
     def add(self, directions: torch.Tensor, zeros: torch.Tensor) -> None:
         signs = torch.sign(directions[directions.abs().argmax(dim=0), torch.arange(directions.shape[1])])
         for q, z in zip((directions * signs).T, zeros, strict=True):
-            same = (self.directions.T @ q).abs() > 1 - 1e-6 if self.hits.numel() else torch.zeros(0, dtype=torch.bool)
+            same = (self.directions.T @ q).abs() > 1 - 1e-6
             if same.any():
                 self.hits[same.nonzero()[0]] += 1
                 continue
@@ -137,23 +137,23 @@ class Candidates:
 
 
 class Assembly:
-    """A choice of B candidate directions turned into inputs, and how consistent they are with ReLU."""
+    """The layer's side of turning B chosen directions (the columns of q) into inputs, and of checking them against
+    ReLU."""
 
-    def __init__(self, basis, rows, bias_grad, weight, bias, directions, tol, floor):
+    def __init__(self, basis, rows, bias_grad, weight, bias, tol, floor):
         self.basis, self.rows, self.bias_grad, self.weight, self.bias = basis, rows, bias_grad, weight, bias
-        self.directions, self.tol, self.floor = directions, tol, floor
+        self.tol, self.floor = tol, floor
 
-    def inputs(self, chosen: list[int]) -> torch.Tensor:
-        """X (B x n) from the chosen directions, each scaled by the bias gradient's least squares."""
-        q = self.directions[:, chosen]
+    def inputs(self, q: torch.Tensor) -> torch.Tensor:
+        """X (B x n) from the directions q, each scaled by the bias gradient's least squares."""
         scales = torch.linalg.lstsq(self.basis @ q, self.bias_grad[:, None]).solution.squeeze(1)
         return torch.linalg.solve(q * scales, self.rows)
 
-    def consistency(self, chosen: list[int]) -> float:
+    def consistency(self, q: torch.Tensor) -> float:
         """The share of (unit, sample) pairs where D_ik = 0 exactly when the recovered x_k leaves unit i inactive,
         among pairs whose pre-activation z_ik is clear of zero (|z| > 1e-3 max |z|: the float32 message moves x)."""
-        zero = zeros_of(self.basis @ self.directions[:, chosen], self.tol, self.floor)
-        z = (self.inputs(chosen) @ self.weight.T + self.bias).T
+        zero = zeros_of(self.basis @ q, self.tol, self.floor)
+        z = (self.inputs(q) @ self.weight.T + self.bias).T
         clear = z.abs() > 1e-3 * z.abs().amax()
         return float((zero == (z <= 0))[clear].double().mean())
 
@@ -167,28 +167,30 @@ def independent(directions: torch.Tensor, chosen: list[int], candidate: int) -> 
     return float((q - span @ (span.T @ q)).norm()) > 1e-3
 
 
-def greedy(assembly: Assembly, order: torch.Tensor, rank: int, swaps: int) -> tuple[list[int], float]:
+def greedy(assembly: Assembly, found: Candidates, rank: int, swaps: int) -> tuple[list[int], float]:
     """Stage 1: sparsest directions first, skipping dependent ones. Stage 2: swap a chosen direction for an unused one
     while the ReLU consistency improves (at most ``swaps`` unused candidates tried per position)."""
+    directions, order = found.directions, found.order()
     chosen: list[int] = []
     for index in order.tolist():
         if len(chosen) == rank:
             break
-        if independent(assembly.directions, chosen, index):
+        if independent(directions, chosen, index):
             chosen.append(index)
     if len(chosen) < rank:
         return chosen, 0.0
-    score = assembly.consistency(chosen)
+    score = assembly.consistency(directions[:, chosen])
     spare = [i for i in order.tolist() if i not in chosen][:swaps]
     improved = score < 1.0
     while improved:
         improved = False
         for position in range(rank):
             for index in spare:
-                trial = chosen[:position] + [index] + chosen[position + 1:]
-                if not independent(assembly.directions, trial[:position] + trial[position + 1:], index):
+                others = chosen[:position] + chosen[position + 1:]
+                if not independent(directions, others, index):
                     continue
-                trial_score = assembly.consistency(trial)
+                trial = others[:position] + [index] + others[position:]
+                trial_score = assembly.consistency(directions[:, trial])
                 if trial_score > score:
                     spare[spare.index(index)] = chosen[position]
                     chosen, score, improved = trial, trial_score, True
@@ -212,14 +214,13 @@ class Spear(Attack):
         return {"samples": {"quick": 2**20, "standard": 2**22, "thorough": 2**24}[level]}
 
     def applies(self, model, shape, protocol, batch_size):
-        _, first = first_layer(model)
-        if not isinstance(first, nn.Linear) or first.bias is None:
-            what = type(first).__name__ if first is not None else "no parameterized layer"
-            return f"the first layer is {what}, not fully connected with a bias"
+        if reason := unless_linear_first(model):
+            return reason
         if batch_size < 2:
             return "a batch of one is the linear-layer inversion's case (fc-invert), exact without sampling"
-        if self.beyond_budget(batch_size):
-            return self.beyond_budget(batch_size)
+        if reason := self.beyond_budget(batch_size):
+            return reason
+        _, first = first_layer(model)
         if first.out_features < batch_size:
             return f"the first layer has {first.out_features} units, fewer than the batch of {batch_size}"
         if not relu_follows(model, first, shape, torch.Generator().manual_seed(0)):
@@ -247,8 +248,8 @@ class Spear(Attack):
                 f"(2^(B-1) H_B), beyond 8 times the budget of {self.samples:.1e}")
 
     def reconstruct(self, view, simulate, generator, progress=None):
-        if self.beyond_budget(view.batch_size):
-            raise NotApplicable(f"spear: {self.beyond_budget(view.batch_size)}")
+        if reason := self.beyond_budget(view.batch_size):
+            raise NotApplicable(f"spear: {reason}")
         name = first_linear(view.model)
         layer = view.model.get_submodule(name)
         weight_grad, bias_grad = layer_gradients(view.message, name, "spear")
@@ -265,7 +266,7 @@ class Spear(Attack):
         drowned = float(s[rank - 1]) <= 2 * sigma * (width ** 0.5 + weight_grad.shape[1] ** 0.5)
         found, drawn, chosen, score = Candidates(rank), 0, [], 0.0
         assembly = Assembly(basis, rows, bias_grad[live], layer.weight.detach().double().cpu()[live],
-                            layer.bias.detach().double().cpu()[live], found.directions, self.zero_tol, floor)
+                            layer.bias.detach().double().cpu()[live], self.zero_tol, floor)
         while drawn < self.samples and not drowned:
             count = min(self.chunk, self.samples - drawn)
             picks = torch.rand(count, width, generator=generator).topk(rank - 1, dim=1).indices
@@ -280,8 +281,7 @@ class Spear(Attack):
                 kept = refine(basis, refine(basis, directions[:, keep], floor), floor, self.zero_tol)
                 found.add(kept, zero_counts(basis, kept, self.zero_tol, floor))
                 if len(found) >= rank and len(found) > before:
-                    assembly.directions = found.directions
-                    chosen, score = greedy(assembly, found.order(), rank, self.swaps)
+                    chosen, score = greedy(assembly, found, rank, self.swaps)
                     if score == 1.0:
                         break
             if progress:
@@ -289,7 +289,7 @@ class Spear(Attack):
         extra = {"rank": rank, "live_units": width, "sampled": drawn, "candidates": len(found),
                  "consistency": score, "noise_level": sigma, "drowned": drowned}
         if len(chosen) == rank and score >= MIN_CONSISTENCY:
-            normalized = assembly.inputs(chosen)
+            normalized = assembly.inputs(found.directions[:, chosen])
         else:  # too few directions, or a choice ReLU contradicts: no input is disaggregated from the others
             normalized = torch.empty(0, rows.shape[1], dtype=torch.float64)
         mean, std = view.model.mean.cpu().double(), view.model.std.cpu().double()
