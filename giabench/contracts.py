@@ -48,6 +48,9 @@ class ServerView:
     batch_size: int
     labels: torch.Tensor | None = None  # granted only when the threat model includes the labels
     surrogate: torch.Tensor | None = None  # images of the client's distribution, when the threat model grants them
+    #: per batch-norm layer, the mean and variance of its input on the client's batch at the broadcast weights
+    #: (``Protocol.batch_statistics``), when the threat model grants ``bn-statistics``
+    bn_statistics: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass

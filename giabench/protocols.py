@@ -94,6 +94,29 @@ class Protocol:
             return {k: torch.stack([g[k] for g in looped]) for k in params}
         return vmap(grad(lambda p, xi, yi: self.loss(p, xi[None], yi[None])), in_dims=(None, 0, 0))(params, x, y)
 
+    def batch_statistics(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch-norm layer of the broadcast model run on ``x``: the per-channel mean and biased variance of the
+        layer's input, mu_l = E_{n,h,w} a_l and sigma^2_l = E (a_l - mu_l)^2 (what a train-mode batch norm normalizes
+        by); differentiable in ``x``. The running statistics are left as they are."""
+        stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def record(name):
+            def hook(_module, inputs):
+                if name not in stats:  # the first pass only (a module called twice keeps its first input)
+                    dims = [d for d in range(inputs[0].dim()) if d != 1]
+                    stats[name] = (inputs[0].mean(dim=dims), inputs[0].var(dim=dims, unbiased=False))
+            return hook
+
+        hooks = [module.register_forward_pre_hook(record(name)) for name, module in self.model.named_modules()
+                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+        try:
+            if hooks:
+                functional_call(self.model, (self.params, self.call_buffers()), (x,))
+        finally:
+            for handle in hooks:
+                handle.remove()
+        return stats
+
     def local_steps(self, x: torch.Tensor) -> int:
         """How many gradient evaluations one update takes (the accountant's step count)."""
         raise NotImplementedError

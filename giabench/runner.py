@@ -136,8 +136,12 @@ def _run_cell(cell: Cell, env: Environment, progress) -> tuple[dict, list[dict],
     client = defenses.get(config["defense"]["name"])(protocol, **defense_cfg)
     message = client.share(x, y, _seeded(seed, 1))
 
+    statistics = None
+    if threats.grants(threat, "bn-statistics"):
+        with torch.no_grad():
+            statistics = protocol.batch_statistics(x)
     view = ServerView(model, protocol, message, dict(client.public), imageset.shape, imageset.num_classes,
-                      x.shape[0], y.detach().cpu() if threats.grants(threat, "labels") else None, others)
+                      x.shape[0], y.detach().cpu() if threats.grants(threat, "labels") else None, others, statistics)
     start = time.perf_counter()
     if status == "ok":
         try:

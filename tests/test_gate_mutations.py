@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from giabench import runner, suite
+from giabench.attacks import gradinversion
 from giabench.attacks.analytic import RobbingTheFed
 from giabench.attacks.cpa import CocktailParty
 from giabench.attacks.optimization import InvertingGradients
@@ -51,7 +52,7 @@ def _sign_quantized(c):
 
 def test_the_mutated_settings_pass_unmutated(tmp_path):
     failures, _ = _gate(tmp_path, lambda c: _ig_undefended(c) or _rtf(c) or _dp_sgd(c) or _sign_quantized(c)
-                        or _undefended("spear")(c) or _undefended("cpa")(c))
+                        or _undefended("spear")(c) or _undefended("cpa")(c) or _undefended("gradinversion")(c))
     assert failures == []
 
 
@@ -102,6 +103,12 @@ def test_gate_fails_when_cpa_loses_its_total_variation_prior(tmp_path, monkeypat
     _weakened(monkeypatch, CocktailParty, tv=0.0)
     failures, _ = _gate(tmp_path, _undefended("cpa"))
     assert any(line.startswith("weaker: cpa") and "psnr" in line for line in failures), failures
+
+
+def test_gate_fails_when_gradinversion_loses_its_batch_norm_prior(tmp_path, monkeypatch):
+    monkeypatch.setattr(gradinversion, "bn_distance", lambda stats, targets: torch.zeros(()))
+    failures, _ = _gate(tmp_path, _undefended("gradinversion"))
+    assert any(line.startswith("weaker: gradinversion") and "psnr" in line for line in failures), failures
 
 
 def test_gate_fails_naming_dp_sgd_when_its_noise_is_dropped(tmp_path, monkeypatch):
