@@ -3,13 +3,13 @@ Recovery via GradInversion").
 
 G seeds of the batch are optimized together, each by
     min_x  alpha_G D(grad L(x, y), g) + alpha_BN R_BN(x) + alpha_TV TV(x) + alpha_l2 ||x||_2
-           + alpha_group ||x - E_g(x_1..x_G)||_2                                              (Eq. 2, 6, 8)
-    R_BN(x) = sum_l ||mu_l(x) - mu_l||_2 + ||sigma^2_l(x) - sigma^2_l||_2                    (Eq. 4)
+           + alpha_group ||x - E_g(x_1..x_G)||_2                                              (Sec. 3)
+    R_BN(x) = sum_l ||mu_l(x) - mu_l||_2 + ||sigma^2_l(x) - sigma^2_l||_2
 with D the gradient distance (the paper's Euclidean sum_m ||g'_m - g_m||_2 per layer, or Inverting Gradients'
-cosine), mu_l, sigma^2_l the per-channel statistics of batch-norm layer l's input, and E_g the group's fused mean
-registered to seed g: every seed's image of a slot is aligned to a common frame, the aligned images are averaged
-and the average is moved back into seed g's frame (Eq. 7-8). Labels come from the FC gradient (Sec. 3.1, the B
-classes of smallest min_j dL/dW_{c,j}; ``labels: inferred:yin``).
+cosine, the default: 9.96 against 8.11 dB on a tuning batch), mu_l, sigma^2_l the per-channel statistics of batch-norm
+layer l's input, and E_g the group's fused mean registered to seed g: every seed's image of a slot is aligned to a
+common frame, the aligned images are averaged and the average is moved back into seed g's frame. Labels come from the
+FC gradient (Sec. 3.1, the B classes of smallest min_j dL/dW_{c,j}; ``labels: inferred:yin``).
 The BN targets name the threat model (Huang et al., NeurIPS 2021): ``client`` the client's own batch statistics
 (threat model E, "BN exact"), ``running`` the broadcast model's running statistics, ``proxy`` statistics of the
 attacker's surrogate images (threat model D), ``none`` no BN prior.
