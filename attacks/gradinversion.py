@@ -147,6 +147,10 @@ class GradInversion(Attack):
                                   "(threat model E)")
             return {k: (m.detach(), v.detach()) for k, (m, v) in view.bn_statistics.items()}
         if self.bn == "running":
+            untracked = [name for name in layers if f"{name}.running_mean" not in protocol.buffers]
+            if untracked:
+                raise NotApplicable(f"gradinversion: bn: running needs running statistics; batch-norm layer "
+                                    f"{untracked[0]} tracks none")
             return {name: (protocol.buffers[f"{name}.running_mean"], protocol.buffers[f"{name}.running_var"])
                     for name in layers}
         if view.surrogate is None or len(view.surrogate) == 0:

@@ -6,7 +6,7 @@ import torch
 from giabench import data, metrics, models, protocols, runner, suite
 from giabench.attacks.gradinversion import GradInversion, fused_means, register, shifted
 from giabench.contracts import ServerView
-from giabench.errors import ConfigError
+from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import defenses
 
 M = data.load("mnist-5k")
@@ -111,3 +111,14 @@ def test_it_applies_only_where_there_is_batch_norm_unless_told_to_run_without():
     assert "batch-norm" in GradInversion().applies(mlp, M.shape, "fedsgd", 4)
     assert GradInversion(bn="none").applies(mlp, M.shape, "fedsgd", 4) is None
     assert GradInversion().applies(convnet, M.shape, "fedsgd", 4) is None
+
+
+def test_running_statistics_from_a_layer_that_tracks_none_are_not_applicable_with_the_layer_named():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2, track_running_stats=False),
+                              torch.nn.Flatten(), torch.nn.Linear(2 * 26 * 26, 10))
+    model = models.Classifier(net, M.mean, M.std).train()
+    proto = protocols.build("fedsgd", {}, model)
+    x, y = data.sample(M, 2, 0, "random")
+    view = ServerView(model, proto, proto.update(x, y), {}, M.shape, 10, 2, y)
+    with pytest.raises(NotApplicable, match="net.1 tracks none"):
+        GradInversion(iterations=1, bn="running", labels="known").reconstruct(view, None, torch.Generator())
