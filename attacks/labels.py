@@ -22,15 +22,25 @@ g_c = sum_j dL/dW_{c,j} of the observed message.
       sum_j n_j = B,    sum_j n_j P_{j,i} - n_i = B dL/db_i   (i = 1..C)
   by the Moore-Penrose pseudo-inverse, then clipped at 0, rounded and corrected to sum to B. Needs a last-layer bias
   and the mean-gradient (FedSGD) message.
+- ``fedavg``: Dimitrov et al. (TMLR 2022, "Data Leakage in Federated Averaging", Sec. 4.3) for an update of S local
+  steps: the message holds the sum of the step gradients, sum_s dL_s/dW = u / eta (u itself for FedSGD, S = 1), whose
+  row sums are about sum_s O_s (p_{s,c} - n_{s,c} / b) with O the mean summed penultimate feature and p the mean
+  softmax. Each step's O_s and p_s are estimated on random inputs (N(0, I) in the normalized space), interpolated
+  linearly between the broadcast weights w_0 and the client's end weights w_0 - u, and give one count estimate
+      n_c = B p_{s,c} - B g_c / (O_s S);
+  the S estimates are averaged, then rounded to whole counts summing to B (the paper's "avg" variant).
 """
 
 from __future__ import annotations
 
 import torch
+from torch.func import functional_call
 
 from giabench.errors import ConfigError, NotApplicable
+from giabench.protocols import FedAvg, fedavg_steps
 
 LLG_PLUS_REPEATS = 10
+FEDAVG_LABEL_SAMPLES = 1000  # random inputs per weight point (the paper's FEMNIST runs: 1000, CIFAR-10: 3000)
 
 
 def row_sums(view) -> torch.Tensor:
@@ -141,8 +151,42 @@ def ilrg(view, simulate=None) -> torch.Tensor:
     return counts_to_labels(round_counts(raw, view.batch_size))
 
 
-METHODS = {"idlg": idlg, "yin": yin, "llg": llg, "llg+": llg_plus, "ilrg": ilrg}
-TITLES = {"idlg": "iDLG", "yin": "Yin", "llg": "LLG", "llg+": "LLG+", "ilrg": "iLRG"}
+def _feature_and_softmax(view, params, x) -> tuple[float, torch.Tensor]:
+    """On inputs ``x`` at weights ``params``: the mean over samples of the summed input of the classifier layer
+    (O) and the mean softmax (p)."""
+    layer = view.model.get_submodule(view.model.classifier_weight.removesuffix(".weight"))
+    captured = []
+    handle = layer.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0].detach()))
+    try:
+        with torch.no_grad():
+            logits = functional_call(view.model, (params, view.protocol.call_buffers()), (x,))
+    finally:
+        handle.remove()
+    return float(captured[0].flatten(1).sum(dim=1).mean()), torch.softmax(logits, dim=-1).mean(dim=0).cpu()
+
+
+def fedavg_counts(view, simulate=None) -> torch.Tensor:
+    proto, batch = view.protocol, view.batch_size
+    x = view.model.mean + view.model.std * torch.randn(
+        (FEDAVG_LABEL_SAMPLES, *view.shape), generator=torch.Generator().manual_seed(0)).to(view.model.mean.device)
+    o_start, p_start = _feature_and_softmax(view, proto.params, x)
+    if isinstance(proto, FedAvg):
+        steps, lr = fedavg_steps(batch, proto.epochs, proto.batch_size), proto.lr
+        end = {k: v - view.message[k].to(v) if k in view.message else v for k, v in proto.params.items()}
+        o_end, p_end = _feature_and_softmax(view, end, x)
+    else:  # FedSGD: one step at the broadcast weights
+        steps, lr, o_end, p_end = 1, 1.0, o_start, p_start
+    summed = row_sums(view).double() / lr
+    raw = torch.zeros_like(summed)
+    for s in range(steps):
+        c = s / steps
+        o, p = (1 - c) * o_start + c * o_end, (1 - c) * p_start.double() + c * p_end.double()
+        raw += batch * p - batch * summed / (o * steps)
+    return counts_to_labels(round_counts(raw / steps, batch))
+
+
+METHODS = {"idlg": idlg, "yin": yin, "llg": llg, "llg+": llg_plus, "ilrg": ilrg, "fedavg": fedavg_counts}
+TITLES = {"idlg": "iDLG", "yin": "Yin", "llg": "LLG", "llg+": "LLG+", "ilrg": "iLRG", "fedavg": "Dimitrov"}
 NEEDS = {"llg+": {"surrogate-data"}}
 
 

@@ -97,6 +97,7 @@ class HideNSeek(Client):
     federation = HideNSeekFederation
 
     vmappable = False  # the simulated local round trains with torch.autograd inside
+    shuffles = False  # its local round is its own loop, in order
 
     def __init__(self, protocol, *, density: float = 0.1, upload: str = "scores", score_init: float = 0.01,
                  temperature: float = 0.001):

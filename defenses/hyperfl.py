@@ -127,6 +127,7 @@ class HyperFL(Client):
     federation = HyperFLFederation
 
     vmappable = False  # the simulated local round trains with torch.autograd inside
+    shuffles = False  # its local round is its own loop, in order
 
     def __init__(self, protocol, *, embed_dim: int = 64, hidden: int = 128, private_lr: float = 0.1,
                  clip: float = 50.0, seed: int = 0, private_seed: int = 1):

@@ -24,6 +24,8 @@ def shards(n: int, clients: int) -> list[slice]:
 class SecureAggregation(Client):
     """The server sees the sum of ``clients`` updates, each from one shard of the batch."""
 
+    shuffles = False  # each simulated client would shuffle its own shard
+
     def __init__(self, protocol, *, clients: int = 4):
         super().__init__(protocol)
         checks.at_least("defense secagg", 1, clients=clients)
@@ -36,7 +38,9 @@ class SecureAggregation(Client):
             raise ConfigError(f"defense secagg: the batch ({batch_size}) must hold at least one image per client "
                               f"({params['clients']})")
 
-    def update(self, x, y, rule):
+    def update(self, x, y, rule, orders=None):
+        if orders is not None:
+            raise ValueError("defense secagg: the simulated clients visit their shards in order (no epoch orders)")
         total = None
         for part in shards(x.shape[0], self.clients):
             update = self.protocol.update(x[part], y[part], rule)

@@ -107,24 +107,28 @@ def dump_suite(document: dict, path: Path) -> None:
     path.write_text(yaml.dump(document, Dumper=Plain, sort_keys=False), encoding="utf-8")
 
 
-def protocol_config(name: str, epochs: int | None, local_batch: int | None, lr: float | None) -> dict:
+def protocol_config(name: str, epochs: int | None, local_batch: int | None, lr: float | None,
+                    shuffle: bool | None = None) -> dict:
     """The audited protocol; FedAvg's settings not given are the protocol's own defaults."""
-    given = {k: v for k, v in (("epochs", epochs), ("batch_size", local_batch), ("lr", lr)) if v is not None}
+    given = {k: v for k, v in (("epochs", epochs), ("batch_size", local_batch), ("lr", lr), ("shuffle", shuffle))
+             if v is not None}
     if name != "fedavg" and given:
-        raise ConfigError(f"--epochs, --local-batch and --lr set FedAvg's local training; --protocol is {name}")
+        raise ConfigError(f"--epochs, --local-batch, --lr and --shuffle set FedAvg's local training; --protocol is "
+                          f"{name}")
     return {"name": name, **protocols.resolve_params(name, given, f"--protocol {name}")}
 
 
 def run(model: str, out: str, weights: str = "", data_name: str = "cifar10-sample", protocol: str = "fedsgd",
         epochs: int | None = None, local_batch: int | None = None, lr: float | None = None,
-        batch_sizes: str = "1,8", defense_list: str = "none,dp-sgd:noise_multiplier=1", budget: str = "standard",
+        shuffle: bool | None = None, batch_sizes: str = "1,8", defense_list: str = "none,dp-sgd:noise_multiplier=1",
+        budget: str = "standard",
         device: str = "cpu", threads: int = 1, workers: int = 1, quiet: bool = False) -> int:
     """``giabench audit``: every input checked first, then the battery run as a suite in ``out``, then the
     verdicts, the defense table and the plots in ``out/audit.md``."""
     if budget not in LEVELS:
         raise ConfigError(f"--budget must be one of {', '.join(LEVELS)}, got {budget!r}")
     sizes = parse_batch_sizes(batch_sizes)
-    proto = protocol_config(protocol, epochs, local_batch, lr)
+    proto = protocol_config(protocol, epochs, local_batch, lr, shuffle)
     settings = parse_defenses(defense_list)
     folder = commands.out_dir(out, Path(out))
     env = commands.environment(device, threads, workers)

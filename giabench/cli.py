@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--local-batch", type=int, help=f"FedAvg local batch size, 0 for the whole batch (default: "
                                                        f"{fedavg['batch_size']})")
     audit.add_argument("--lr", type=float, help=f"FedAvg local learning rate (default: {fedavg['lr']})")
+    audit.add_argument("--shuffle", action="store_true", default=None,
+                       help="FedAvg: the client visits its batch in a fresh random order every local epoch")
     audit.add_argument("--batch-sizes", default="1,8", help="client batch sizes, comma-separated (default: "
                                                             "%(default)s)")
     audit.add_argument("--defenses", dest="defense_list", default="none,dp-sgd:noise_multiplier=1",

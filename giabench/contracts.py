@@ -10,7 +10,8 @@ level (``for_audit``) and whether it applies to a model, protocol and batch size
 A defense is a ``Client`` (Kerckhoffs: the mechanism and its public parameters are known to the server, the fresh
 randomness is not):
 - ``share(x, y, generator)``: the message that really goes on the wire, drawing fresh noise from ``generator``;
-- ``simulate(x, y)``: the attacker's differentiable model of ``share`` (the same transform, no fresh noise);
+- ``simulate(x, y)``: the attacker's differentiable model of ``share`` (the same transform, no fresh noise; the
+  client's private epoch orders are not known, so the data is visited in order, or in the attacker's ``orders``);
 - ``public``: what the server legitimately knows after receiving the message (a sparsity mask, a noise scale ...);
 - ``cost()``: bytes uploaded, and where the mechanism is differentially private epsilon, delta and the adjacency they
   hold for (a non-empty ``adjacency`` is what marks a DP mechanism), composed over every release the client made;
@@ -27,11 +28,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from giabench.errors import ConfigError
 from giabench.federation import Federation
 from giabench.privacy import Release
-from giabench.protocols import GradRule, Protocol, Update
+from giabench.protocols import GradRule, Orders, Protocol, Update
 
-Simulate = Callable[[torch.Tensor, torch.Tensor], Update]
+Simulate = Callable[..., Update]  # simulate(x, y) or, for a client that honours them, simulate(x, y, orders=...)
 Progress = Callable[[int], None]
 AUDIT_LEVELS = ("quick", "standard", "thorough")
 UNFILLED = 0.5  # the pixel value of a slot an analytic attack could not fill: the constant guess of least worst case
@@ -125,8 +127,15 @@ class Client:
 
     vmappable = True
     federation: type[Federation] = Federation  # the server side over training rounds
+    #: whether the client's training goes through ``update`` with its epoch orders (False where it runs its own loop
+    #: or splits the batch: a shuffling protocol is then refused rather than silently run in order)
+    shuffles = True
 
     def __init__(self, protocol: Protocol):
+        if not self.shuffles and getattr(protocol, "shuffle", False):
+            name = getattr(self, "registered_name", type(self).__name__)
+            raise ConfigError(f"defense {name} trains in a fixed order: protocol fedavg with shuffle: true is not "
+                              "modelled for it", field="shuffle")
         self.protocol = protocol
         self.public: dict = {}
         self.releases: list[Release] = []  # DP releases of every share() so far (empty: not a DP mechanism)
@@ -149,16 +158,17 @@ class Client:
         """Post-processing of the finished update; ``generator=None`` means simulate."""
         return update
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, rule: GradRule | None) -> Update:
+    def update(self, x: torch.Tensor, y: torch.Tensor, rule: GradRule | None, orders: Orders | None = None) -> Update:
         """The update before post-processing (secure aggregation overrides it to sum several clients)."""
-        return self.protocol.update(x, y, rule)
+        return self.protocol.update(x, y, rule, orders)
 
     def share(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Update:
-        update = self.update(x.detach(), y, self.rule(generator))
+        rule = self.rule(generator)
+        update = self.update(x.detach(), y, rule, self.protocol.client_orders(x.shape[0], generator))
         return {k: v.detach() for k, v in self.transform(update, generator).items()}
 
-    def simulate(self, x: torch.Tensor, y: torch.Tensor) -> Update:
-        return self.transform(self.update(x, y, self.rule(None)), None)
+    def simulate(self, x: torch.Tensor, y: torch.Tensor, orders: Orders | None = None) -> Update:
+        return self.transform(self.update(x, y, self.rule(None), orders), None)
 
     def decode(self, message: Update) -> Update:
         """The server's estimate of the client's update from its message (the federation averages these)."""

@@ -2,9 +2,11 @@
 
 FedSGD (McMahan et al., AISTATS 2017, "FedSGD"): the client sends one gradient,
     u = grad_w (1/B) sum_i CE(f_w(x_i), y_i).
-FedAvg: the client runs E local epochs of SGD over minibatches of size b with step size eta, in a fixed order, and sends
+FedAvg: the client runs E local epochs of SGD over minibatches of size b with step size eta and sends
     u = w_0 - w_K,   w_{k+1} = w_k - eta * g(w_k, batch_k),
-which for one step equals eta times the FedSGD gradient. ``g`` is the per-step gradient rule: the plain mean gradient,
+which for one step equals eta times the FedSGD gradient. Each epoch visits the data in the given order, or, with
+``shuffle``, in a fresh permutation per epoch drawn from the client's private generator (the server knows that it
+shuffles, never the permutations). ``g`` is the per-step gradient rule: the plain mean gradient,
 or a privatized one (DP-SGD) that a defense supplies. Built on ``torch.func.functional_call`` so the model object is
 never mutated and an attacker can differentiate the whole update with respect to dummy inputs.
 """
@@ -21,6 +23,7 @@ from giabench import checks
 from giabench.registry import protocol, protocols
 
 Update = dict[str, torch.Tensor]
+Orders = list[torch.Tensor]  # per epoch, the row indices visited in sequence
 GradRule = Callable[["Protocol", Update, torch.Tensor, torch.Tensor], Update]
 
 #: Largest batch x parameters for which per-sample gradients are vmapped on CPU; past it one gradient per sample is
@@ -121,7 +124,15 @@ class Protocol:
         """How many gradient evaluations one update takes (the accountant's step count)."""
         raise NotImplementedError
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, rule: GradRule | None = None) -> Update:
+    def client_orders(self, n: int, generator: torch.Generator) -> Orders | None:
+        """The order in which the client visits its ``n`` samples in each epoch, drawn from its private generator;
+        ``None``: the given order in every epoch."""
+        return None
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, rule: GradRule | None = None,
+               orders: Orders | None = None) -> Update:
+        """The update on ``(x, y)``; ``orders[e]`` indexes the rows of ``x`` epoch ``e`` visits, in sequence (a
+        permutation, or an attacker's own copies of the data for that epoch), ``None`` meaning all rows in order."""
         raise NotImplementedError
 
 
@@ -138,7 +149,9 @@ class FedSGD(Protocol):
     def local_steps(self, x):
         return 1
 
-    def update(self, x, y, rule=None):
+    def update(self, x, y, rule=None, orders=None):
+        if orders is not None:
+            raise ValueError("protocol fedsgd takes one gradient of the whole batch: it has no epoch orders")
         return (rule or mean_gradient)(self, self.params, x, y)
 
 
@@ -149,18 +162,18 @@ def fedavg_steps(batch: int, epochs: int, local_batch: int) -> int:
 
 @protocol("fedavg")
 class FedAvg(Protocol):
-    """``epochs`` passes of SGD with step ``lr`` over minibatches of ``batch_size`` in the given order; the update is
-    ``w_0 - w_K``."""
+    """``epochs`` passes of SGD with step ``lr`` over minibatches of ``batch_size``, in the given order or (``shuffle``)
+    a fresh private permutation per epoch; the update is ``w_0 - w_K``."""
 
     name = "fedavg"
 
-    def __init__(self, model, *, epochs: int = 1, batch_size: int = 0, lr: float = 0.1):
+    def __init__(self, model, *, epochs: int = 1, batch_size: int = 0, lr: float = 0.1, shuffle: bool = False):
         super().__init__(model)
-        self.check(epochs=epochs, batch_size=batch_size, lr=lr)
-        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+        self.check(epochs=epochs, batch_size=batch_size, lr=lr, shuffle=shuffle)
+        self.epochs, self.batch_size, self.lr, self.shuffle = epochs, batch_size, lr, shuffle
 
     @staticmethod
-    def check(*, epochs: int, batch_size: int, lr: float) -> None:
+    def check(*, epochs: int, batch_size: int, lr: float, shuffle: bool = False) -> None:
         checks.at_least("protocol fedavg", 1, epochs=epochs)
         checks.require("protocol fedavg", "batch_size", batch_size, batch_size >= 0, ">= 0 (0: the whole batch)")
         checks.positive("protocol fedavg", lr=lr)
@@ -172,12 +185,21 @@ class FedAvg(Protocol):
     def local_steps(self, x):
         return fedavg_steps(x.shape[0], self.epochs, self.batch_size)
 
-    def update(self, x, y, rule=None):
+    def client_orders(self, n, generator):
+        if not self.shuffle:
+            return None
+        return [torch.randperm(n, generator=generator) for _ in range(self.epochs)]
+
+    def update(self, x, y, rule=None, orders=None):
         rule = rule or mean_gradient
+        if orders is not None and len(orders) != self.epochs:
+            raise ValueError(f"protocol fedavg runs {self.epochs} epochs, got orders for {len(orders)}")
         params = dict(self.params)
-        for _ in range(self.epochs):
-            for part in self._batches(x.shape[0]):
-                grads = rule(self, params, x[part], y[part])
+        for epoch in range(self.epochs):
+            order = None if orders is None else orders[epoch].to(x.device)
+            for part in self._batches(x.shape[0] if order is None else order.numel()):
+                rows = part if order is None else order[part]
+                grads = rule(self, params, x[rows], y[rows])
                 params = {k: params[k] - self.lr * grads[k] for k in params}
         return {k: self.params[k] - params[k] for k in params}
 

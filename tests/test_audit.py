@@ -93,6 +93,7 @@ def test_a_convolutional_first_layer_rules_out_linear_layer_inversion():
     assert reasons.pop("spear") == "the first layer is Conv2d, not fully connected with a bias"
     assert "cpa" in names  # the head's 10 units mix the trunk's features of up to 10 images
     assert reasons.pop("gradinversion").startswith("the model has no batch-norm layer")
+    assert reasons.pop("fedavg-invert") == "it inverts multi-step FedAvg updates (protocol fedavg)"
     # the rest sit audits out by their own word (for_audit), each saying which attack of the battery stands for it
     assert set(reasons) == {"dlg", "ggl", "gifd", "hyperfl-invert"}
     assert all(reason.startswith("not in the battery: ") for reason in reasons.values())

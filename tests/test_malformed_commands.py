@@ -108,6 +108,8 @@ CASES = [
      "name at least one defense"),
     ("audit-epochs-with-fedsgd", AUDIT + ["--model", "{P}/nets.py:dense", "--epochs", "2", "--out", "{P}/o"],
      "--protocol is fedsgd"),
+    ("audit-shuffle-with-fedsgd", AUDIT + ["--model", "{P}/nets.py:dense", "--shuffle", "--out", "{P}/o"],
+     "--protocol is fedsgd"),
     ("audit-fedavg-epochs-zero", AUDIT + ["--model", "{P}/nets.py:dense", "--protocol", "fedavg", "--epochs", "0",
                                           "--out", "{P}/o"], "epochs"),
     ("audit-fedavg-lr-negative", AUDIT + ["--model", "{P}/nets.py:dense", "--protocol", "fedavg", "--lr", "-1",
