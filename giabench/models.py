@@ -12,7 +12,9 @@ the cell's identity and recorded with its results:
 - ``pytorch``: every layer's own ``reset_parameters`` (Kaiming-uniform with a = sqrt(5) for convolutions and linear
   layers, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) biases, batch norm 1 and 0);
 - ``he``: Kaiming-normal convolution weights, std = sqrt(2 / fan_out) (torchvision's ResNets), the rest as built;
-- ``uniform``: every weight and bias U(-0.5, 0.5) (DLG's LeNet).
+- ``uniform``: every weight and bias U(-0.5, 0.5) (DLG's LeNet);
+- ``lecun``: Flax's default, every convolution and linear weight from a normal truncated at 2 std with variance
+  1 / fan_in, biases 0 (the JAX code of Dimitrov et al.'s FedAvg attack).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from giabench.errors import ConfigError, first_line
 from giabench.registry import model, models
 
 MODES = ("eval", "train")
-INITS = ("pytorch", "he", "uniform")
+INITS = ("pytorch", "he", "uniform", "lecun")
 
 
 def initialize(net: nn.Module, init: str, built: str = "pytorch") -> None:
@@ -49,6 +51,13 @@ def initialize(net: nn.Module, init: str, built: str = "pytorch") -> None:
     if init == "uniform":
         for p in net.parameters():
             nn.init.uniform_(p, -0.5, 0.5)
+    if init == "lecun":
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                # a truncation at 2 std shrinks the std by 0.8796, which Flax undoes: the variance is 1 / fan_in
+                std = (1 / m.weight[0].numel()) ** 0.5 / 0.87962566
+                nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.zeros_(m.bias)
 
 
 class Classifier(nn.Module):
@@ -197,6 +206,27 @@ class CifarCNN(nn.Module):
 
     def forward(self, x):
         return self.fc2(F.leaky_relu(self.fc1(self.features(x).flatten(1))))
+
+
+@model("femnist-cnn")
+class FemnistCNN(nn.Module):
+    """The FEMNIST CNN of Dimitrov et al. (TMLR 2022, "Data Leakage in Federated Averaging"; their code's Flax
+    ``CNN``): 3x3 convolutions with 32 and 64 channels ('same' padding), each followed by ReLU and 2x2 average
+    pooling, a fully connected layer of 100 ReLU units and the classifier. Init ``lecun``, Flax's default."""
+
+    def __init__(self, shape, num_classes, *, init: str = "lecun"):
+        super().__init__()
+        c, h, w = shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        )
+        self.fc1 = nn.Linear(64 * (h // 4) * (w // 4), 100)
+        self.fc2 = nn.Linear(100, num_classes)
+        initialize(self, init, "pytorch")
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(self.features(x).flatten(1))))
 
 
 @model("mlp")

@@ -90,6 +90,10 @@ def test_each_model_defaults_to_its_papers_init_and_others_are_options():
     assert 0.49 < flat.max() <= 0.5 and float(flat.mean()) == pytest.approx(0.25, abs=0.01)  # DLG's U(-0.5, 0.5)
     resnet = models.build("resnet18", {}, CIFAR, "untrained", seed=0).net
     assert resnet.conv1.weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.15)  # torchvision's He
+    femnist = models.build("femnist-cnn", {}, MNIST, "untrained", seed=0).net  # Flax's LeCun normal, zero biases
+    assert femnist.features[3].weight.std().item() == pytest.approx((1 / (32 * 9)) ** 0.5, rel=0.05)
+    assert femnist.fc1.weight.abs().max() <= 2 * (1 / femnist.fc1.in_features) ** 0.5 / 0.8796 + 1e-6
+    assert all(bool((m.bias == 0).all()) for m in (femnist.features[0], femnist.features[3], femnist.fc2))
     with pytest.raises(ConfigError, match="init must be one of"):
         models.build("mlp", {"init": "glorot"}, CIFAR, "untrained", seed=0)
 
