@@ -16,7 +16,13 @@ private, so every epoch's copies carry the labels in one fixed order, as the pap
 Deviations, stated: D is Inverting Gradients' cosine distance on the whole update and the optimizer its signed Adam
 with step decay (``ig``'s, so that ``ig`` against ``fedavg-invert`` at equal iterations isolates the per-epoch copies
 and the prior; the paper: Adam lr 0.4 with exponential decay on an exponentially layer-weighted l2 distance, plus a
-clipping prior); the pixel box is a projection after every step instead of the paper's clipping penalty.
+clipping prior); the pixel box is a projection after every step instead of the paper's clipping penalty. The prior's
+weight (``invariant`` 10) was chosen on tuning seeds 100-102 (0, 1, 10, 100 tried; 1 and 10 within 0.2 dB).
+Measured (``giabench run fedavg_leakage``, 5 seeds, 500 iterations, batch 10 in minibatches of 5): where a local
+step moves the weights far enough that which images share a minibatch matters, the copies win (LeNet, sigmoid:
++1.2 dB at 3 and 5 epochs; the MLP at step 1.0: +0.4, +0.7 dB, every seed); where the round is nearly linear in the
+data (the MLP at step 0.1) one copy explains all epochs with a third or a fifth of the unknowns, and ``ig`` is better
+(-1.6, -3.8 dB). At one epoch the two are the same attack.
 """
 
 from __future__ import annotations
