@@ -98,8 +98,11 @@ class FedAvgInvert(Attack):
         if not isinstance(proto, FedAvg) or not proto.shuffle:
             raise NotApplicable("fedavg-invert: the client must shuffle per epoch (protocol fedavg, shuffle: true); "
                                 "in a fixed order one copy of the batch is exact: use ig")
-        device = view.model.mean.device
         epochs, n = proto.epochs, view.batch_size
+        if proto.batch_size in (0, n) or proto.batch_size > n:
+            raise NotApplicable("fedavg-invert: every epoch is one step on the whole batch, so the shuffle changes "
+                                "nothing and one copy of the batch is exact: use ig")
+        device = view.model.mean.device
         y = label_methods.resolve(self.labels, view, simulate).to(device)
         y_all = y.repeat(epochs)
         obs = {k: v.to(device) for k, v in view.message.items()}

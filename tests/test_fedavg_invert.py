@@ -72,11 +72,14 @@ def test_fedavg_invert_rebuilds_a_shuffled_three_epoch_round_better_than_ig_at_e
     assert scores["fedavg-invert"] > scores["ig"] + 1.0
 
 
-def test_fedavg_invert_needs_a_shuffling_fedavg_client():
+def test_fedavg_invert_needs_a_shuffling_fedavg_client_with_several_steps_per_epoch():
     view, client, _, _ = _view("mlp", 4, 0, shuffle=False)
     with pytest.raises(NotApplicable, match="shuffle"):
         FedAvgInvert(iterations=1).reconstruct(view, client.simulate, torch.Generator())
     assert FedAvgInvert().applies(view.model, M.shape, "fedsgd", 4) is not None
+    view, client, _, _ = _view("mlp", 4, 0, local=4)
+    with pytest.raises(NotApplicable, match="one step on the whole batch"):
+        FedAvgInvert(iterations=1).reconstruct(view, client.simulate, torch.Generator())
 
 
 def test_the_fedavg_label_count_is_exact_for_one_local_step_and_close_over_several():
