@@ -22,7 +22,8 @@ Measured (``giabench run fedavg_leakage``, 5 seeds, 500 iterations, batch 10 in 
 step moves the weights far enough that which images share a minibatch matters, the copies win (LeNet, sigmoid:
 +1.2 dB at 3 and 5 epochs; the MLP at step 1.0: +0.4, +0.7 dB, every seed); where the round is nearly linear in the
 data (the MLP at step 0.1) one copy explains all epochs with a third or a fifth of the unknowns, and ``ig`` is better
-(-1.6, -3.8 dB). At one epoch the two are the same attack.
+(-1.6, -3.8 dB). At one epoch the two are the same attack. At the paper's FEMNIST setting (``giabench run
+fedavg_femnist``: 10 epochs of 10 steps of 5, step 0.004, on mnist-5k, 2 seeds) +0.9 dB (13.2 against 12.3).
 """
 
 from __future__ import annotations
