@@ -38,7 +38,7 @@ from giabench.attacks.base import Attack
 from giabench.attacks.optimization import cosine_distance, initial_images, signed_adam, total_variation
 from giabench.contracts import Reconstruction
 from giabench.errors import NotApplicable
-from giabench.protocols import FedAvg
+from giabench.protocols import FedAvg, fedavg_steps
 from giabench.registry import attack
 
 
@@ -100,7 +100,7 @@ class FedAvgInvert(Attack):
             raise NotApplicable("fedavg-invert: the client must shuffle per epoch (protocol fedavg, shuffle: true); "
                                 "in a fixed order one copy of the batch is exact: use ig")
         epochs, n = proto.epochs, view.batch_size
-        if proto.batch_size in (0, n) or proto.batch_size > n:
+        if fedavg_steps(n, 1, proto.batch_size) == 1:
             raise NotApplicable("fedavg-invert: every epoch is one step on the whole batch, so the shuffle changes "
                                 "nothing and one copy of the batch is exact: use ig")
         device = view.model.mean.device
@@ -110,10 +110,10 @@ class FedAvgInvert(Attack):
         mean, std = view.model.mean, view.model.std
         low, high = (0 - mean) / std, (1 - mean) / std
         z = torch.cat([(initial_images(view, generator) - mean) / std for _ in range(epochs)]).requires_grad_(True)
-        shape = (epochs, n, *view.shape)
+        shape, orders = (epochs, n, *view.shape), epoch_orders(epochs, n)
 
         def objective():
-            update = simulate(mean + std * z, y_all, orders=epoch_orders(epochs, n))
+            update = simulate(mean + std * z, y_all, orders=orders)
             return (cosine_distance(update, obs) + self.tv * total_variation(z)
                     + self.invariant * epoch_prior(z.view(shape)))
 
