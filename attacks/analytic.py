@@ -219,7 +219,7 @@ class RobbingTheFed(Attack):
         rows = torch.cos(torch.pi * (torch.arange(h) + 0.5) * self.mode / h)  # DCT-II mode along the height
         return (rows[None, :, None].expand(c, h, w) / (c * h * w) ** 0.5).flatten()
 
-    def prepare(self, model, shape, surrogate, generator):
+    def prepare(self, model, shape, surrogate, generator, batch_size=None):
         if surrogate is None or len(surrogate) < 2:
             raise ConfigError("attack rtf needs surrogate data to place its bins")
         query = self._query(shape, generator)

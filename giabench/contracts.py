@@ -112,8 +112,9 @@ class Attack:
         return f"{title}, {budget:,} {self.budget_unit}" if budget and budget > 1 else title
 
     def prepare(self, model: torch.nn.Module, shape: tuple[int, int, int], surrogate: torch.Tensor | None,
-                generator: torch.Generator) -> torch.nn.Module:
-        """The model the server broadcasts; only active (malicious-server) attacks change it."""
+                generator: torch.Generator, batch_size: int | None = None) -> torch.nn.Module:
+        """The model the server broadcasts; only active (malicious-server) attacks change it. ``batch_size``: the
+        client's, a training detail every threat model from C on grants (None where it is not known)."""
         return model
 
     def reconstruct(self, view: ServerView, simulate: Simulate, generator: torch.Generator,

@@ -127,7 +127,7 @@ def _run_cell(cell: Cell, env: Environment, progress) -> tuple[dict, list[dict],
     attacker = attacks.get(config["attack"]["name"])(**attack_cfg)
     status, note, recon, extra = "ok", "", None, {}
     try:
-        model = attacker.prepare(model, imageset.shape, others, _seeded(seed, 3))
+        model = attacker.prepare(model, imageset.shape, others, _seeded(seed, 3), config["batch_size"])
     except NotApplicable as exc:
         status, note, extra = "not-applicable", str(exc), exc.details
     protocol_cfg = _params(config, "protocol")

@@ -51,8 +51,8 @@ def test_the_battery_follows_the_architecture(audited):
     suite = yaml.safe_load((out / "audit-suite.yaml").read_text())
     attacks = {entry["attack"] if isinstance(entry["attack"], str) else entry["attack"]["name"]
                for entry in suite["grid"]}
-    # gias: dcgan-patches is 3x32x32; spear and cpa: 32 ReLU units take a batch of 4
-    assert attacks == {"fc-invert", "infer-labels", "idlg", "ig", "rtf", "gias", "spear", "cpa"}
+    # gias: dcgan-patches is 3x32x32; spear and cpa: 32 ReLU units take a batch of 4; fishing: FedSGD
+    assert attacks == {"fc-invert", "infer-labels", "idlg", "ig", "rtf", "gias", "spear", "cpa", "fishing"}
     report = (out / "audit.md").read_text()
     assert "- rgap: layer 2 (ReLU) is not invertible" in report
 
@@ -62,7 +62,7 @@ def test_the_verdicts_name_what_each_attacker_reconstructs(audited):
     report = (out / "audit.md").read_text()
     verdicts = [line for line in report.splitlines() if line.startswith("- ") and "(" in line and "):" in line]
     assert [v.split(":")[0] for v in verdicts] == ["- Eavesdropper (A)", "- Informed Eavesdropper (B)",
-                                                    "- Data-Enhanced Eavesdropper (D)",
+                                                    "- Data-Enhanced Eavesdropper (D)", "- Active Manipulator (F)",
                                                     "- Data-Enhanced Manipulator (G)"]
     # a fully connected first layer with a bias, then ReLU: SPEAR rebuilds the whole batch of 4 exactly
     assert "reconstructs 4 of 4 images of a batch of 4" in verdicts[0] and "(SPEAR" in verdicts[0]

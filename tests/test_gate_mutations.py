@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from giabench import runner, suite
-from giabench.attacks import fedavg_invert, gradinversion
+from giabench.attacks import fedavg_invert, fishing, gradinversion
 from giabench.attacks.analytic import RobbingTheFed
 from giabench.attacks.cpa import CocktailParty
 from giabench.attacks.optimization import InvertingGradients
@@ -110,6 +110,18 @@ def test_gate_fails_when_fedavg_invert_wires_every_epoch_to_its_first_copy(tmp_p
     monkeypatch.setattr(fedavg_invert, "epoch_orders", lambda epochs, n: [torch.arange(n)] * epochs)
     failures, _ = _gate(tmp_path, _undefended("fedavg-invert"))
     assert any(line.startswith("weaker: fedavg-invert") and "psnr" in line for line in failures), failures
+
+
+def test_gate_fails_when_class_fishing_keeps_the_other_classes_rows(tmp_path, monkeypatch):
+    def leaky(head, target, gap):  # the other classes keep their weights: every image reaches the body
+        with torch.no_grad():
+            bias = head.bias[target].clone()
+            head.bias.fill_(gap)
+            head.bias[target] = bias
+
+    monkeypatch.setattr(fishing, "class_head", leaky)
+    failures, _ = _gate(tmp_path, lambda c: c["attack"]["name"] == "fishing" and c["attack"].get("mode") == "class")
+    assert any(line.startswith("weaker: fishing") and "psnr" in line for line in failures), failures
 
 
 def test_gate_fails_naming_dp_sgd_when_its_noise_is_dropped(tmp_path, monkeypatch):
