@@ -22,6 +22,16 @@ the gradients of the body and of row t and b_t (feature fishing: of W_{t,f} alon
 other rows mix every image, and under feature fishing so do b_t and W_{t,j != f}, which images with an inactive h_f
 reach. The batch's mean gradient and the caught image's own then differ by the factor B, which the cosine ignores,
 and by whatever other images leaked.
+
+Measured (``benchmarks/fishing_batch.py``, IG 1000 iterations, 1 thread; the caught image against the same fished
+model and attack on that image alone): feature fishing through an MLP (256 ReLU units) trained for 300 steps on
+mnist-5k, 20 random batches each: one image carries > 99 % of the body's gradient in 8 of 20 batches at B = 64 and 8
+of 20 at B = 256, and there the caught image is 1.7 dB (B = 64) and 2.5 dB (B = 256) below its single-image
+reconstruction on average (33.5 and 35.3 dB); over all 20 batches 12.6 and 13.7 dB below (two or three images
+caught, or none). Class fishing on cifar100-sample through an untrained LeNet at B = 16 (the class of one batch image):
+0.9 dB below B = 1 on average over 10 batches (one image of the class in 7). Wen et al. reconstruct single target
+images from ImageNet batches of up to 256 through ResNet-18 (their figures are not readable here, so no number of
+theirs is set beside ours); one cut-off, one round, as here, catches exactly one image with probability about 1/e.
 """
 
 from __future__ import annotations
