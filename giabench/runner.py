@@ -9,6 +9,7 @@ on the same hardware with the same settings. A run folder holds cells of one num
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -142,36 +143,57 @@ def _run_cell(cell: Cell, env: Environment, progress) -> tuple[dict, list[dict],
             statistics = protocol.batch_statistics(x)
     view = ServerView(model, protocol, message, dict(client.public), imageset.shape, imageset.num_classes,
                       x.shape[0], y.detach().cpu() if threats.grants(threat, "labels") else None, others, statistics)
-    start = time.perf_counter()
     if status == "ok":
-        try:
-            recon = attacker.reconstruct(view, client.simulate, _seeded(seed, 2), progress)
-            extra = recon.extra
-        except NotApplicable as exc:
-            status, note, extra = "not-applicable", str(exc), exc.details
+        status, note, recon, extra, wall = attack_view(attacker, view, client, _seeded(seed, 2), progress)
+    else:
+        wall = 0.0
+    return result_row(cell, env, x, y, recon, status, note, extra, wall, client.cost())
+
+
+def attack_view(attacker, view: ServerView, client, generator: torch.Generator, progress=None):
+    """Run ``attacker`` on ``view``: (status, note, reconstruction or None, extra, seconds); an attack that finds the
+    message not applicable gives status ``not-applicable`` with its reason."""
+    start = time.perf_counter()
+    try:
+        recon = attacker.reconstruct(view, client.simulate, generator, progress)
+        status, note, extra = "ok", "", recon.extra
+    except NotApplicable as exc:
+        status, note, recon, extra = "not-applicable", str(exc), None, exc.details
     wall = time.perf_counter() - start
     if recon is not None and recon.images is not None and not torch.isfinite(recon.images).all():
         raise FloatingPointError("the attack returned NaN or infinite pixels")
+    return status, note, recon, extra, wall
 
-    if recon is None:
-        summary, image_rows, order = metrics.score(None, None, x, y)
-        summary["lpips_source"] = "not applicable"
+
+def result_row(cell: Cell, env: Environment, x: torch.Tensor | None, y: torch.Tensor | None, recon, status: str,
+               note: str, extra: dict, wall: float, cost: dict) -> tuple[dict, list[dict], np.ndarray]:
+    """A finished cell's row, per-image rows and image grid. Without the private batch (``x`` None: a server that does
+    not know it) the reconstructions are kept unscored: NaN metrics, the grid's top row blank."""
+    if x is None:
+        summary = {k: math.nan for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc")}
+        summary.update(exact=None, lpips_source="unscored")
+        image_rows, shown = [], recon.images.cpu() if recon and recon.images is not None else None
+        grid = image_grid(torch.ones_like(shown), shown) if shown is not None else None
+        distinct = None
     else:
-        summary, image_rows, order = metrics.score(recon.images, recon.labels, x, y, recovered=recon.recovered)
-    cost = client.cost()
+        if recon is None:
+            summary, image_rows, order = metrics.score(None, None, x, y)
+            summary["lpips_source"] = "not applicable"
+        else:
+            summary, image_rows, order = metrics.score(recon.images, recon.labels, x, y, recovered=recon.recovered)
+        shown = recon.images[order].cpu() if recon and recon.images is not None else torch.ones_like(x.cpu())
+        grid, distinct = image_grid(x.cpu(), shown), len(set(y.tolist()))
     row = {
-        **_identity(cell, env), "distinct_labels": len(set(y.tolist())),
+        **identity(cell, env), "distinct_labels": distinct,
         **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc", "exact")},
         "lpips_source": summary["lpips_source"], "iterations": recon.iterations if recon else 0, "wall_s": wall,
         "status": status, "note": note, "extra": extra, "trace": [float(v) for v in recon.trace] if recon else [],
         "epsilon": cost["epsilon"], "delta": cost["delta"], "adjacency": cost["adjacency"], "bytes": cost["bytes"],
     }
-    shown = recon.images[order].cpu() if recon and recon.images is not None else torch.ones_like(x.cpu())
-    grid = image_grid(x.cpu(), shown)
     return row, image_rows, grid
 
 
-def _identity(cell: Cell, env: Environment) -> dict:
+def identity(cell: Cell, env: Environment) -> dict:
     """The columns that say which cell a row is and how it was computed."""
     config = cell.config
     return {
@@ -194,7 +216,7 @@ def run_cell_safely(cell: Cell, env: Environment, progress=None) -> tuple[dict, 
         return run_cell(cell, env, progress)
     except Exception as exc:  # noqa: BLE001 -- one cell's failure is recorded, never the suite's end
         reason = f"{type(exc).__name__}: {first_line(exc)}"
-        return {**_identity(cell, env), "status": "failed", "note": reason.rstrip(": ")}, [], None
+        return {**identity(cell, env), "status": "failed", "note": reason.rstrip(": ")}, [], None
 
 
 def surrogate(imageset: data.ImageSet, private: torch.Tensor) -> torch.Tensor:

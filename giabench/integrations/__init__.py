@@ -1,0 +1,1 @@
+"""Optional integrations with the FL stacks practitioners run (``giabench[flower]``)."""
