@@ -118,7 +118,7 @@ def feature_cutoff(target: torch.Tensor, others: torch.Tensor, expected: float, 
         slope = sharpness / float(torch.cat([h_t, h_o]).std().clamp_min(1e-12))
         cuts = torch.quantile(h_t, levels)[:, None]
         lam_t = expected * reach(h_t[None], cuts, slope, classes, True).sum(1) / len(target)
-        lam_o = (batch_size - expected) * reach(h_o[None], cuts, slope, classes, False).sum(1) / len(others)
+        lam_o = (batch_size - expected) * reach(h_o[None], cuts, slope, classes, False).sum(1) / max(len(others), 1)
         score = lam_t * torch.exp(-lam_t - lam_o)
         k = int(score.argmax())
         if best is None or float(score[k]) > best[0]:
@@ -131,7 +131,10 @@ def feature_cutoff(target: torch.Tensor, others: torch.Tensor, expected: float, 
 
 @attack("fishing")
 class Fishing(Attack):
-    __doc__ = __doc__
+    """Fishing (Wen, Geiping, Fowl, Goldblum, Goldstein, ICML 2022): the server zeroes every classifier row but the
+    target class t's and gives the others bias ``gap``, so dL_k/dh_k = w_t (p_{k,t} - 1[y_k = t]) reaches the body
+    for the images of class t alone (``class``), or, with z_t = gap + m (h_f - c), for the one image beyond a
+    penultimate feature's cut-off (``feature``); then IG on that magnified gradient (see the module docstring)."""
 
     family = "analytic"  # the SoK's ANA-GIA (ii), parameter modification; the inversion itself is IG's
     closed_form = False

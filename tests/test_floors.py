@@ -1,7 +1,8 @@
 """The import rule: every module of the package sits on one floor and imports only from its floor and those below
 (function-level imports included), and no modules import each other in a loop.
 
-    commands     cli, commands, runner, executors, audit, audit_report, utility      (anything below)
+    commands     cli, commands, runner, executors, audit, audit_report, utility,     (anything below)
+                 integrations.*
     leaderboard  giabench.leaderboard.*                                               (core)
     components   giabench.attacks.*, giabench.defenses.*                              (core; each its own package)
     core         registry, contracts, data, models, protocols, metrics, store, ...   (core only)
@@ -16,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"giabench": ROOT / "giabench", "giabench.attacks": ROOT / "attacks",
            "giabench.defenses": ROOT / "defenses", "giabench.leaderboard": ROOT / "leaderboard"}
 COMMANDS = {"giabench.cli", "giabench.__main__", "giabench.commands", "giabench.runner", "giabench.executors",
-            "giabench.audit", "giabench.audit_report", "giabench.utility"}
+            "giabench.audit", "giabench.audit_report", "giabench.utility", "giabench.integrations",
+            "giabench.integrations.flower"}
 CORE = {"giabench", "giabench.errors", "giabench.checks", "giabench.registry", "giabench.threats", "giabench.numerics",
         "giabench.data", "giabench.models", "giabench.protocols", "giabench.metrics", "giabench.lpips",
         "giabench.store", "giabench.contracts", "giabench.federation", "giabench.privacy", "giabench.images",
