@@ -12,7 +12,7 @@ import torch
 from giabench.errors import ConfigError
 from giabench.store import Store
 
-flwr = pytest.importorskip("flwr", reason="the flower extra (make installs it)")
+flwr = pytest.importorskip("flwr", reason="the flower extra: pip install -e '.[flower]'")
 from giabench.integrations.flower import declared_defense, fedavg_params, update_of  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "flower_app" / "app.py"
