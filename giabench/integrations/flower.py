@@ -121,7 +121,11 @@ class LeakageStrategy(Strategy):
         if server_round in self._sent:
             weights, configs = self._sent.pop(server_round)
             for reply in replies:
-                self._attack_reply(server_round, weights, configs, reply)
+                try:
+                    self._attack_reply(server_round, weights, configs, reply)
+                except Exception as exc:  # noqa: BLE001 -- e.g. a full disk under the run folder: logged, never raised
+                    log(WARNING, "giabench: round %d: could not attack or store a reply (%s: %s)", server_round,
+                        type(exc).__name__, first_line(exc))
         return self.inner.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round, arrays, config, grid):
