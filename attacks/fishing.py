@@ -44,7 +44,7 @@ from torch import nn
 
 from giabench import checks
 from giabench.attacks.base import Attack
-from giabench.attacks.optimization import cosine_distance, initial_images, signed_adam, total_variation
+from giabench.attacks.optimization import InvertingGradients, initial_images
 from giabench.contracts import UNFILLED, Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
@@ -163,6 +163,7 @@ class Fishing(Attack):
         checks.at_least("attack fishing", 0, tv=tv)
         self.mode, self.target_class, self.gap, self.sharpness = mode, target_class, gap, sharpness
         self.dummies, self.iterations, self.lr, self.tv, self.restarts = dummies, iterations, lr, tv, restarts
+        self.ig = InvertingGradients(iterations=iterations, lr=lr, tv=tv, labels="known")
         self.fished: dict = {}
         self.starts: dict[str, torch.Tensor] = {}
 
@@ -212,7 +213,7 @@ class Fishing(Attack):
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in view.model.modules()):
             raise NotApplicable("batch norm in train mode couples every image's gradient to the whole batch: fishing "
                                 "cannot single one out")
-        name = view.model.classifier_weight.rsplit(".", 1)[0]
+        name = last_linear(view.model)[0]
         t = self.fished["target_class"]
         weight, bias = f"{name}.weight", f"{name}.bias"
         if weight not in view.message or bias not in view.message:
@@ -253,28 +254,21 @@ class Fishing(Attack):
                                "objective": objective}, recovered=recovered)
 
     def _invert(self, view, obs, simulate, label, count, kind, generator, progress):
-        """IG (Geiping et al., Eq. 4) on ``count`` dummy images: signed Adam in the normalized space, pixels boxed, the
-        lowest final objective of ``restarts`` wins. Restart 0 of feature fishing starts from the surrogate images
-        that reach the body most strongly as the caught kind: a start whose feature h_f is inactive, or deep on the
-        far side of the cut-off (where 1 - p_t rounds to 0 in float32), passes no gradient at all."""
+        """IG (Geiping et al., Eq. 4) on ``count`` dummy images (``InvertingGradients.one_by_one``), the lowest final
+        objective of ``restarts`` winning. Restart 0 of feature fishing starts from the surrogate images that reach
+        the body most strongly as the caught kind: a start whose feature h_f is inactive, or deep on the far side of
+        the cut-off (where 1 - p_t rounds to 0 in float32), passes no gradient at all."""
         mean, std = view.model.mean, view.model.std
-        low, high = (0 - mean) / std, (1 - mean) / std
-        y = torch.full((count,), label, device=mean.device)
         few = dataclasses.replace(view, batch_size=count)
-        best, trace = None, []
+        starts = []
         for restart in range(self.restarts):
             start = initial_images(few, generator)
             if restart == 0 and kind in self.starts:
                 seeds = self.starts[kind][:count].to(mean.device)
                 start[:len(seeds)] = seeds
-            z = ((start - mean) / std).requires_grad_(True)
-
-            def objective(z=z):
-                return cosine_distance(simulate(mean + std * z, y), obs) + self.tv * total_variation(z)
-
-            signed_adam([z], objective, self.iterations, self.lr,
-                        lambda z=z: z.copy_(torch.maximum(torch.minimum(z, high), low)), trace, progress)
-            final = float(objective(z.detach()))
-            if best is None or final < best[1]:
-                best = ((mean + std * z).detach().cpu(), final)
-        return best[0], best[1], trace
+            starts.append((start - mean) / std)
+        trace: list = []
+        finals, images = self.ig.one_by_one(starts, torch.full((count,), label, device=mean.device), simulate, obs,
+                                            mean, std, trace, progress)
+        best = min(range(self.restarts), key=lambda r: finals[r])
+        return images[best].cpu(), finals[best], trace

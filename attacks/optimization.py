@@ -226,16 +226,22 @@ class InvertingGradients(Attack):
         if self._batch_restarts(view, simulate):
             finals, images = self._batched(torch.stack(starts), y, simulate, obs, mean, std, low, high, trace, progress)
         else:
-            finals, images = [], []
-            for z in starts:
-                z.requires_grad_(True)
-                signed_adam([z], lambda z=z: self.objective(z, y, simulate, obs, mean, std), self.iterations, self.lr,
-                            lambda z=z: z.copy_(torch.maximum(torch.minimum(z, high), low)), trace, progress)
-                finals.append(float(self.objective(z.detach(), y, simulate, obs, mean, std)))
-                images.append((mean + std * z).detach())
+            finals, images = self.one_by_one(starts, y, simulate, obs, mean, std, trace, progress)
         best = min(range(self.restarts), key=lambda r: finals[r])
         return Reconstruction(images[best].clone().cpu(), y.cpu(), self.iterations * self.restarts, trace,
                               {"objective": finals[best]})
+
+    def one_by_one(self, starts, y, simulate, obs, mean, std, trace, progress=None):
+        """Each start (normalized space) optimized in turn: the final objectives and the images."""
+        low, high = (0 - mean) / std, (1 - mean) / std
+        finals, images = [], []
+        for z in starts:
+            z.requires_grad_(True)
+            signed_adam([z], lambda z=z: self.objective(z, y, simulate, obs, mean, std), self.iterations, self.lr,
+                        lambda z=z: z.copy_(torch.maximum(torch.minimum(z, high), low)), trace, progress)
+            finals.append(float(self.objective(z.detach(), y, simulate, obs, mean, std)))
+            images.append((mean + std * z).detach())
+        return finals, images
 
     def _batch_restarts(self, view, simulate) -> bool:
         """Whether the restarts run vmapped together: the client's simulation must allow it (``Client.vmappable``)

@@ -55,7 +55,7 @@ def pick_device(name: str) -> str:
 
 
 def _dataset(config: dict, env: Environment) -> data.ImageSet:
-    params = _params(config, "dataset")
+    params = component_params(config, "dataset")
     name = config["dataset"]["name"]
     if not name.startswith("folder:") and "root" in datasets.defaults(name):
         params["root"] = params.get("root") or env.data_root
@@ -63,7 +63,7 @@ def _dataset(config: dict, env: Environment) -> data.ImageSet:
     return data.load(name, **params)
 
 
-def _params(config: dict, component: str, *drop: str) -> dict:
+def component_params(config: dict, component: str, *drop: str) -> dict:
     """A component's parameters without its name (and without ``drop``)."""
     return {k: v for k, v in config[component].items() if k not in ("name", *drop)}
 
@@ -92,7 +92,7 @@ def validate(cells: list[Cell], env: Environment) -> None:
             built.add(key)
             state = c["model"]["state"]
             try:  # trained:N is built untrained here: its training runs once, in the first cell that needs it
-                models.build(c["model"]["name"], _params(c, "model", "state", "mode"), imageset,
+                models.build(c["model"]["name"], component_params(c, "model", "state", "mode"), imageset,
                              "untrained" if state.startswith("trained:") else state, 0)
             except ConfigError as exc:
                 raise ConfigError(f"{cell.at('model', exc.field)}: {exc}") from None
@@ -100,7 +100,7 @@ def validate(cells: list[Cell], env: Environment) -> None:
                 raise ConfigError(f"{cell.at('model')}: model {c['model']['name']} cannot take "
                                   f"{c['dataset']['name']} images ({first_line(exc)})") from None
         try:
-            defenses.get(c["defense"]["name"]).check_cell(_params(c, "defense"), c["protocol"]["name"],
+            defenses.get(c["defense"]["name"]).check_cell(component_params(c, "defense"), c["protocol"]["name"],
                                                           c["batch_size"])
         except ConfigError as exc:
             raise ConfigError(f"{cell.at('defense', exc.field)}: {exc}") from None
@@ -119,21 +119,21 @@ def _run_cell(cell: Cell, env: Environment, progress) -> tuple[dict, list[dict],
     imageset = _dataset(config, env)
     index = data.sample_index(imageset, config["batch_size"], seed, config["selection"])
     x, y = imageset.images[index].to(device), imageset.labels[index].to(device)
-    model_cfg = _params(config, "model", "state", "mode")
+    model_cfg = component_params(config, "model", "state", "mode")
     model = models.build(config["model"]["name"], model_cfg, imageset, config["model"]["state"], seed).to(device)
     model.train(config["model"]["mode"] == "train")
     threat = config["threat_model"]
     others = surrogate(imageset, index) if threats.grants(threat, "surrogate-data") else None
-    attack_cfg = _params(config, "attack")
+    attack_cfg = component_params(config, "attack")
     attacker = attacks.get(config["attack"]["name"])(**attack_cfg)
     status, note, recon, extra = "ok", "", None, {}
     try:
         model = attacker.prepare(model, imageset.shape, others, _seeded(seed, 3), config["batch_size"])
     except NotApplicable as exc:
         status, note, extra = "not-applicable", str(exc), exc.details
-    protocol_cfg = _params(config, "protocol")
+    protocol_cfg = component_params(config, "protocol")
     protocol = protocols.build(config["protocol"]["name"], protocol_cfg, model)
-    defense_cfg = _params(config, "defense")
+    defense_cfg = component_params(config, "defense")
     client = defenses.get(config["defense"]["name"])(protocol, **defense_cfg)
     message = client.share(x, y, _seeded(seed, 1))
 
@@ -201,8 +201,8 @@ def identity(cell: Cell, env: Environment) -> dict:
         "dataset": config["dataset"]["name"], "model": config["model"]["name"],
         "protocol": config["protocol"]["name"], "batch_size": config["batch_size"], "seed": config["seed"],
         "selection": config["selection"], "threat_model": config["threat_model"],
-        "attack_params": _params(config, "attack"), "defense_params": _params(config, "defense"),
-        "model_params": _params(config, "model"), "protocol_params": _params(config, "protocol"),
+        "attack_params": component_params(config, "attack"), "defense_params": component_params(config, "defense"),
+        "model_params": component_params(config, "model"), "protocol_params": component_params(config, "protocol"),
         **env.numerics, "hardware": numerics.hardware(env.device),
         "versions": {"giabench": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "config": config,
@@ -270,7 +270,7 @@ def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1,
                 executors.on_ray(todo, run_cell_safely, env, address, finish)
             elif workers <= 1:
                 for cell in todo:
-                    total = attacks.get(cell.config["attack"]["name"])(**_params(cell.config, "attack")) \
+                    total = attacks.get(cell.config["attack"]["name"])(**component_params(cell.config, "attack")) \
                         .planned_budget()
                     with tqdm(total=total or None, desc=cell.label, unit="it", leave=False, position=1,
                               disable=not show_progress) as inner:

@@ -97,7 +97,7 @@ class LeakageStrategy(Strategy):
         self.imageset = data.load(dataset)
         self.attack_configs = [{"name": a} if isinstance(a, str) else dict(a) for a in attacks]
         for config in self.attack_configs:  # bad names and parameters fail here, before any round
-            attack_registry.get(config["name"])(**{k: v for k, v in config.items() if k != "name"})
+            attack_registry.get(config["name"])(**runner.component_params({"attack": config}, "attack"))
         self.defense = dict(defense or {"name": "none"})
         self.out = Path(out)
         self.out.joinpath("images").mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,7 @@ class LeakageStrategy(Strategy):
             return node
 
     def _cell(self, server_round, node, attack, defense, params, batch) -> Cell:
-        attacker = attack_registry.get(attack["name"])(**{k: v for k, v in attack.items() if k != "name"})
+        attacker = attack_registry.get(attack["name"])(**runner.component_params({"attack": attack}, "attack"))
         config = {"attack": attack, "defense": defense, "dataset": {"name": self.imageset.name},
                   "model": {"name": "flower", "state": f"round {server_round}", "mode": "eval"},
                   "protocol": {"name": "fedavg", **params}, "batch_size": batch, "seed": self.seed,
@@ -202,16 +202,15 @@ class LeakageStrategy(Strategy):
         model.load_state_dict(weights)
         model.eval()
         message = update_of(model, weights, received)
-        protocol = protocols.build("fedavg", {k: v for k, v in config["protocol"].items() if k != "name"}, model)
+        protocol = protocols.build("fedavg", runner.component_params(config, "protocol"), model)
         client = defenses.get(config["defense"]["name"])(
-            protocol, **{k: v for k, v in config["defense"].items() if k != "name"})
+            protocol, **runner.component_params(config, "defense"))
         truth = self.truth(node, server_round, metrics) if self.truth else None
         x, y = truth if truth is not None else (None, None)
         labels = y.cpu() if y is not None and threats.grants(config["threat_model"], "labels") else None
         view = ServerView(model, protocol, message, dict(client.public), self.imageset.shape,
                           self.imageset.num_classes, config["batch_size"], labels)
-        attacker = attack_registry.get(config["attack"]["name"])(
-            **{k: v for k, v in config["attack"].items() if k != "name"})
+        attacker = attack_registry.get(config["attack"]["name"])(**runner.component_params(config, "attack"))
         generator = torch.Generator().manual_seed(self.seed * 1000 + server_round)
         status, note, recon, extra, wall = runner.attack_view(attacker, view, client, generator)
         return runner.result_row(cell, self.env, x, y, recon, status, note, extra, wall, client.cost())
