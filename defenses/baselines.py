@@ -56,6 +56,10 @@ class TopKPruning(Client):
             raise RuntimeError("prune: simulate() needs the mask of a shared message; call share() first")
         return {k: v * masks[k] for k, v in update.items()}
 
+    def observe(self, message):
+        """The mask is the message's support (a kept entry that is exactly 0 has measure zero)."""
+        self.public["mask"] = {k: (v != 0).to(v.dtype) for k, v in message.items()}
+
     def _mask(self, tensor: torch.Tensor) -> torch.Tensor:
         k = math.ceil((1 - self.fraction) * tensor.numel())
         flat = tensor.detach().abs().flatten()

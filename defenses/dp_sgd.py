@@ -67,9 +67,8 @@ class DPSGD(Client):
 
         return private_gradient
 
-    def share(self, x, y, generator):
+    def account(self, x):
         self.releases.append((self.noise_multiplier, self.sample_rate, self.protocol.local_steps(x)))
-        return super().share(x, y, generator)
 
     def cost(self):
         return {**super().cost(), **dp_cost(self.releases, self.rounds, self.delta, self.adjacency)}

@@ -155,10 +155,9 @@ class Sketching(Client):
             y = y + gaussian_like(y, self.noise_multiplier * self.sketch.norm() * self.clip, generator)
         return {"sketch": y}
 
-    def share(self, x, y, generator):
+    def account(self, x):
         if self.dp or (self.noise == "post" and self.noise_multiplier > 0):  # pre: every local step; post: one
             self.releases.append((self.noise_multiplier, 1.0, self.protocol.local_steps(x) if self.dp else 1))
-        return super().share(x, y, generator)
 
     def decode(self, message: Update) -> Update:
         """The server's unbiased estimate of the update: R^T y."""

@@ -163,7 +163,16 @@ class Client:
         """The update before post-processing (secure aggregation overrides it to sum several clients)."""
         return self.protocol.update(x, y, rule, orders)
 
+    def account(self, x: torch.Tensor) -> None:
+        """Record in ``releases`` the DP releases one ``share(x, ...)`` makes (only ``x``'s shape counts); called by
+        ``share``, and by a server that attacks an update a real client computed (the Flower integration)."""
+
+    def observe(self, message: Update) -> None:
+        """Read the public state of a message this client really sent into ``public`` (a server that attacks an
+        update it did not compute itself; ``share`` sets it otherwise)."""
+
     def share(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Update:
+        self.account(x)
         rule = self.rule(generator)
         update = self.update(x.detach(), y, rule, self.protocol.client_orders(x.shape[0], generator))
         return {k: v.detach() for k, v in self.transform(update, generator).items()}

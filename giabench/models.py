@@ -395,7 +395,7 @@ def _trained(clf: Classifier, name: str, params: dict, data, steps: int, seed: i
         F.cross_entropy(clf(data.images[index]), data.labels[index]).backward()
         optimizer.step()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # pytest-xdist workers may train the same model at once
     torch.save(clf.state_dict(), tmp)
     tmp.replace(path)
     return clf

@@ -1,9 +1,14 @@
-"""A real Flower run: Flower's simulation engine (Ray), 3 clients with one mnist-sample digit each, 2 rounds of
-Flower's own FedAvg, the clients training with plain torch SGD (examples/flower_app/app.py), giabench's
-LeakageStrategy attacking every update."""
+"""A real Flower run: Flower's simulation engine (Ray), 3 clients with mnist-sample digits, 2 rounds of Flower's own
+FedAvg (examples/flower_app/app.py): client 0 trains with plain torch SGD, client 1 prunes its update and declares
+it, client 2 trains with Opacus; giabench's LeakageStrategy attacks every update."""
 
+import json
+import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,28 +18,57 @@ from giabench.errors import ConfigError
 from giabench.store import Store
 
 flwr = pytest.importorskip("flwr", reason="the flower extra: pip install -e '.[flower]'")
-from giabench.integrations.flower import declared_defense, fedavg_params, update_of  # noqa: E402
+from giabench.integrations.flower import declared_defense, fedavg_params, opacus_declaration, update_of  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time under pytest-xdist
 APP = Path(__file__).resolve().parents[1] / "examples" / "flower_app" / "app.py"
+COMMAND = [sys.executable, str(APP), "--rounds", "2", "--ig-iterations", "20"]
 
 
-def _run_app(out, rounds):
-    done = subprocess.run([sys.executable, str(APP), "--out", str(out), "--rounds", str(rounds),
-                           "--ig-iterations", "20"], capture_output=True, text=True, timeout=600)
+def _cells_by_client(out):
+    cells = Store(out).cells()
+    cells["round"] = [json.loads(c)["flower"]["round"] for c in cells["config"]]
+    cells["client"] = [json.loads(c)["flower"]["client"] for c in cells["config"]]
+    return cells
+
+
+def _kill_after_first_cells(out):
+    """Start the app and SIGKILL its whole process group (Ray's workers included) once it has stored a cell."""
+    app = subprocess.Popen([*COMMAND, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and app.poll() is None:
+        if (out / "results.sqlite").exists() and len(Store(out).finished()) >= 1:
+            break
+        time.sleep(0.2)
+    os.killpg(app.pid, signal.SIGKILL)
+    app.wait()
+
+
+def test_a_flower_run_is_attacked_update_by_update_and_resumes_after_a_kill(tmp_path):
+    _kill_after_first_cells(tmp_path)
+    before = Store(tmp_path).cells().set_index("cell")["finished_at"]
+    assert 1 <= len(before) < 12
+    done = subprocess.run([*COMMAND, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
-
-
-def test_every_update_of_a_flower_run_is_a_stored_cell_and_a_rerun_skips_them(tmp_path):
-    log = _run_app(tmp_path, 2)
-    cells = Store(tmp_path).cells()
+    cells = _cells_by_client(tmp_path)
     assert len(cells) == 3 * 2 * 2 and set(cells["status"]) == {"ok"}, cells[["attack", "status", "note"]]
-    invert = cells[cells["attack"] == "fc-invert"]
-    assert (invert["psnr"] > 40).all()  # exact at batch 1 on the MLP, from the update Flower's client really sent
-    assert cells["protocol_params"].str.contains('"lr": 0.1').all()
-    assert "giabench: round 2" in log
-    _run_app(tmp_path, 2)  # the same app again: every attacked update is stored already
-    assert len(Store(tmp_path).cells()) == 12
+    assert (cells.set_index("cell")["finished_at"].reindex(before.index) == before).all()  # kept, not redone
+    assert "giabench: round 2" in done.stdout + done.stderr
+
+    plain, pruned, private = (cells[cells["client"] == k] for k in (0, 1, 2))
+    invert = plain[plain["attack"] == "fc-invert"]
+    assert (invert["psnr"] > 40).all() and set(plain["defense"]) == {"none"}  # exact at B = 1 from Flower's update
+    assert set(pruned["defense"]) == {"prune"} and (pruned["bytes"] < plain["bytes"].iloc[0] / 4).all()
+    assert (pruned.loc[pruned["attack"] == "fc-invert", "psnr"] < 30).all()
+    assert set(private["defense"]) == {"dp-sgd"}
+    assert (private.loc[private["attack"] == "fc-invert", "psnr"] < 20).all()  # at the dp-sgd level, far from exact
+    for _, row in private.iterrows():  # Opacus' own accountant, composed over the rounds, is giabench's epsilon
+        client = json.loads(row["extra"])
+        assert math.isclose(row["epsilon"], client["client_epsilon"], rel_tol=1e-9), (row["epsilon"], client)
+        assert json.loads(row["protocol_params"]) == {"batch_size": 0, "epochs": 2, "lr": 0.1}  # 2 Poisson steps
+    epsilon = private.groupby("round")["epsilon"].first()
+    assert epsilon[2] > epsilon[1] > 0
 
 
 def test_the_fit_configuration_and_the_reply_are_checked_naming_what_is_missing():
@@ -50,3 +84,25 @@ def test_the_fit_configuration_and_the_reply_are_checked_naming_what_is_missing(
     assert declared_defense({"giabench-defense": '{"name": "dp-sgd", "clip": 1.0}'}, {"name": "none"}) == \
         {"name": "dp-sgd", "clip": 1.0}
     assert declared_defense({}, {"name": "none"}) == {"name": "none"}
+
+
+def test_an_opacus_client_s_declaration_is_read_off_its_own_optimizer_and_refused_where_it_differs():
+    from opacus import PrivacyEngine
+
+    def private(records, batch_size, **sgd):
+        data = torch.utils.data.TensorDataset(torch.randn(records, 3), torch.zeros(records, dtype=torch.long))
+        model = torch.nn.Linear(3, 2)
+        _, optimizer, loader = PrivacyEngine(accountant="rdp").make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5, **sgd),
+            data_loader=torch.utils.data.DataLoader(data, batch_size=batch_size), noise_multiplier=1.3,
+            max_grad_norm=0.7, poisson_sampling=True)
+        return optimizer, loader
+
+    declared = opacus_declaration(*private(6, 2), epochs=3, delta=1e-5)
+    assert json.loads(declared["giabench-defense"]) == {"name": "dp-sgd", "clip": 0.7, "noise_multiplier": 1.3,
+                                                         "sample_rate": pytest.approx(1 / 3), "delta": 1e-5}
+    assert (declared["epochs"], declared["batch-size"], declared["lr"]) == (9, 0, 0.5)  # 3 epochs of 3 steps
+    with pytest.raises(ConfigError, match="divides by 1"):  # q n = 5 / 3, Opacus' expected batch int(5 / 3) = 1
+        opacus_declaration(*private(5, 2), epochs=1, delta=1e-5)
+    with pytest.raises(ConfigError, match="no momentum"):
+        opacus_declaration(*private(6, 2, momentum=0.9), epochs=1, delta=1e-5)

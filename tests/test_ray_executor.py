@@ -13,6 +13,7 @@ from giabench import runner, suite
 from giabench.store import Store
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time under pytest-xdist
 
 SUITE = """
 name: ray
