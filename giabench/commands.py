@@ -114,7 +114,7 @@ def run_folder(path: str) -> Path:
 def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None) -> str:
     """Write the leaderboard files of ``run_dir`` and return the ranking as text, followed by what was written; a
     file that cannot be written (a read-only folder) is a warning, the ranking is still returned."""
-    from giabench.leaderboard import plots, report, summary, tables, tradeoff
+    from giabench.leaderboard import plots, report, rounds, summary, tables, tradeoff
 
     if utility_csv is None and (run_dir / "utility" / "utility.csv").is_file():  # the suite's own utility section
         utility_csv = str(run_dir / "utility" / "utility.csv")
@@ -126,6 +126,9 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
     defended = summary.defense_summary(frame, Store(run_dir, create=False).images(), rows)
     try:
         tables.write_csv(frame, run_dir / "leaderboard.csv")
+        per_round = rounds.table(Store(run_dir, create=False).cells())
+        if len(per_round):
+            tables.write_csv(per_round, run_dir / "rounds.csv")
         if trade is not None:
             tables.write_csv(trade, run_dir / "privacy_utility.csv")
             figure = plots.privacy_utility(report.utility_points(trade))

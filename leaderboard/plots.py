@@ -1,4 +1,5 @@
-"""Plots for the report as inline SVG: privacy against utility, PSNR against epsilon, and an objective sparkline.
+"""Plots for the report as inline SVG: privacy against utility, PSNR against epsilon, leakage per round of a federated
+app's run, and an objective sparkline.
 
 Text is drawn as glyph paths (matplotlib's ``svg.fonttype = "path"``), so names from a run never reach the page as
 markup. Matplotlib renders off-screen (Agg); nothing is shown or downloaded.
@@ -80,6 +81,20 @@ def leakage(curves: pd.DataFrame, by: str, xlabel: str, title: str) -> str | Non
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(curves[by].unique()), [str(v) for v in sorted(curves[by].unique())])
     return _finish(plt, fig, ax, xlabel, "worst-case mean PSNR over the battery (dB)", title)
+
+
+def per_round(rounds: pd.DataFrame) -> str | None:
+    """PSNR (y) against the training round (x), one line per (attack, client, defense) of a federated app's run;
+    ``rounds``: round, client, attack, defense, psnr (unscored cells left out)."""
+    scored = rounds.dropna(subset=["psnr"])
+    if scored.empty:
+        return None
+    plt, fig, ax = _figure(7.5, 4.8)
+    for (attack, client, defense), part in scored.groupby(["attack", "client", "defense"], sort=True):
+        part = part.sort_values("round")
+        ax.plot(part["round"], part["psnr"], marker="o", label=f"{attack} on client {client} ({defense})")
+    ax.set_xticks(sorted(scored["round"].unique()))
+    return _finish(plt, fig, ax, "training round", "PSNR of the attacked update (dB)", "Leakage per round")
 
 
 def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str) -> str:

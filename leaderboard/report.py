@@ -5,7 +5,8 @@ What a reader sees, in order:
   standard deviation and seed count, SSIM and LPIPS beside it, coloured by leakage (green: little, red: much), the
   worst-case attack per defense, and each defense's cost (epsilon with delta and adjacency, bytes, and the accuracy of
   a utility run on the same data and model when one is given);
-- the plots: privacy against utility (with a utility run) and PSNR against epsilon for the DP defenses;
+- the plots: privacy against utility (with a utility run), PSNR against epsilon for the DP defenses, and the leakage
+  per round of a run recorded inside a federated app, with its table (epsilon composed so far beside the client's);
 - galleries: per (attack, defense) the best, median and worst reconstruction beside its original, 96 px and up (a
   click enlarges);
 - the ranking, the label track and every cell, each with its own anchor: configuration, scores, objective trace and
@@ -27,7 +28,7 @@ from markupsafe import Markup
 
 from giabench.contracts import is_private
 from giabench.errors import GiabenchError
-from giabench.leaderboard import gallery, plots, summary, tables
+from giabench.leaderboard import gallery, plots, rounds, summary, tables
 from giabench.registry import registry
 from giabench.store import Store
 
@@ -35,11 +36,15 @@ GROUP = ["dataset", "model", "model_params", "protocol", "protocol_params", "bat
 INTEGER_COLUMNS = {"batch_size", "seed", "iterations", "bytes", "cells", "not_applicable", "failed", "rank"}
 COLUMN_NAMES = {"iterations": "budget", "batch_size": "B", "label_acc": "label acc", "label_set_acc": "label set acc",
                 "not_applicable": "n/a", "threat_model": "threat", "above": "share above 25 dB",
-                "epsilon_training": "epsilon (training run)"}
+                "epsilon_training": "epsilon (training run)", "client_epsilon": "epsilon (client's accountant)"}
 SUMMARY_COLUMNS = [("defense", "defenses"), ("attack", "attacks"), ("dataset", "text"), ("model", "text"),
                    ("batch_size", "int"), ("psnr", "2"), ("above", "2"), ("images", "int"), ("epsilon", "2"),
                    ("delta", "text"), ("adjacency", "text"), ("bytes", "int"), ("accuracy", "3"),
                    ("epsilon_training", "2")]
+
+ROUND_COLUMNS = [("round", "int"), ("client", "int"), ("attack", "attacks"), ("defense", "defenses"),
+                 ("batch_size", "int"), ("status", "text"), ("psnr", "2"), ("ssim", "3"), ("lpips", "3"),
+                 ("epsilon", "2"), ("client_epsilon", "2"), ("delta", "text"), ("adjacency", "text"), ("bytes", "int")]
 
 
 def number(value, digits: int = 3) -> str:
@@ -191,12 +196,9 @@ def _grid(run_dir: Path, relative) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def _details(frame: pd.DataFrame, run_dir: Path) -> list[dict]:
-    """Every cell: its configuration, scores, trace and attack report (trace and report read from the store)."""
-    try:
-        stored = Store(run_dir, create=False).cells().set_index("cell")
-    except GiabenchError:
-        stored = pd.DataFrame()
+def _details(frame: pd.DataFrame, run_dir: Path, stored: pd.DataFrame) -> list[dict]:
+    """Every cell: its configuration, scores, trace and attack report (trace and report from the ``stored`` cells)."""
+    stored = stored.set_index("cell") if "cell" in stored else stored
     out = []
     for _, row in frame.iterrows():
         extra = stored["extra"].get(row["cell"]) if "extra" in stored else None
@@ -274,8 +276,10 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     run_dir = Path(run_dir)
     try:
         images = Store(run_dir, create=False).images()
+        stored = Store(run_dir, create=False).cells()
     except GiabenchError:
-        images = pd.DataFrame(columns=["cell", "image", "psnr", "ssim"])
+        images, stored = pd.DataFrame(columns=["cell", "image", "psnr", "ssim"]), pd.DataFrame()
+    per_round = rounds.table(stored)
     matrices = _matrices(frame, tradeoff)
     if defended is None:
         defended = summary.defense_summary(frame, images, utility)
@@ -283,7 +287,8 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
         if utility is not None else []
     plot_list = [(name, Markup(svg)) for name, svg in (
         ("Privacy against utility", plots.privacy_utility(utility_points(tradeoff))),
-        ("PSNR against epsilon", plots.psnr_epsilon(_epsilon_points(frame)))) if svg]
+        ("PSNR against epsilon", plots.psnr_epsilon(_epsilon_points(frame))),
+        ("Leakage per round", plots.per_round(per_round))) if svg]
     rank = tables.ranking(frame)
     rank.insert(0, "rank", rank.index)
     labels = tables.label_track(frame)
@@ -304,5 +309,7 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
                                    ("batch_size", "int"), ("attack", "attacks"), ("psnr", "2"), ("accuracy", "3"),
                                    ("bytes_per_round", "int"), ("epsilon_training", "2"), ("delta_training", "text"),
                                    ("adjacency_training", "text")]) if tradeoff is not None and len(tradeoff) else None,
-        details=_details(frame, run_dir), colour=leakage_colour, number=number)
+        rounds=_table(per_round, ROUND_COLUMNS) if len(per_round) else None,
+        unscored=int((per_round["lpips_source"] == "unscored").sum()),
+        details=_details(frame, run_dir, stored), colour=leakage_colour, number=number)
     Path(path).write_text(page, encoding="utf-8")

@@ -18,7 +18,7 @@ FOLDERS = {"giabench": ROOT / "giabench", "giabench.attacks": ROOT / "attacks",
            "giabench.defenses": ROOT / "defenses", "giabench.leaderboard": ROOT / "leaderboard"}
 COMMANDS = {"giabench.cli", "giabench.__main__", "giabench.commands", "giabench.runner", "giabench.executors",
             "giabench.audit", "giabench.audit_report", "giabench.utility", "giabench.integrations",
-            "giabench.integrations.flower"}
+            "giabench.integrations.flower", "giabench.integrations.recorder"}
 CORE = {"giabench", "giabench.errors", "giabench.checks", "giabench.registry", "giabench.threats", "giabench.numerics",
         "giabench.data", "giabench.models", "giabench.protocols", "giabench.metrics", "giabench.lpips",
         "giabench.store", "giabench.contracts", "giabench.federation", "giabench.privacy", "giabench.images",

@@ -18,7 +18,12 @@ from giabench.errors import ConfigError
 from giabench.store import Store
 
 flwr = pytest.importorskip("flwr", reason="the flower extra: pip install -e '.[flower]'")
-from giabench.integrations.flower import declared_defense, fedavg_params, opacus_declaration, update_of  # noqa: E402
+from giabench.integrations.recorder import (  # noqa: E402
+    declared_defense,
+    fedavg_params,
+    opacus_declaration,
+    update_of,
+)
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time under pytest-xdist
 APP = Path(__file__).resolve().parents[1] / "examples" / "flower_app" / "app.py"
@@ -69,6 +74,19 @@ def test_a_flower_run_is_attacked_update_by_update_and_resumes_after_a_kill(tmp_
         assert json.loads(row["protocol_params"]) == {"batch_size": 0, "epochs": 2, "lr": 0.1}  # 2 Poisson steps
     epsilon = private.groupby("round")["epsilon"].first()
     assert epsilon[2] > epsilon[1] > 0
+
+
+def test_the_legacy_strategy_interface_records_the_same_cells(tmp_path):
+    done = subprocess.run([*COMMAND, "--api", "legacy", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cells = _cells_by_client(tmp_path)
+    assert len(cells) == 12 and set(cells["status"]) == {"ok"}, cells[["attack", "status", "note"]]
+    assert (cells.loc[(cells["client"] == 0) & (cells["attack"] == "fc-invert"), "psnr"] > 40).all()
+    assert cells.groupby("client")["defense"].first().to_dict() == {0: "none", 1: "prune", 2: "dp-sgd"}
+    private = cells[cells["client"] == 2]
+    assert all(math.isclose(e, json.loads(x)["client_epsilon"], rel_tol=1e-9)
+               for e, x in zip(private["epsilon"], private["extra"], strict=True))
 
 
 def test_the_fit_configuration_and_the_reply_are_checked_naming_what_is_missing():
