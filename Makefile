@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=12
 	$(BIN)/giabench regress --suite smoke --baseline leaderboard/baselines/smoke.csv --workers 2 --quiet
 
 baseline: $(VENV)/.installed
