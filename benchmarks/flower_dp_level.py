@@ -5,7 +5,8 @@ engine with 3 clients on the dataset's images [6b, 6b + 6): client 2 holds 4 dig
 (``PrivacyEngine.make_private``, Poisson rate q = 1/2, clip 1, noise multiplier z, one epoch = 2 steps, lr 0.1), and
 the LeakageStrategy attacks its update with fc-invert and IG. giabench then simulates that client itself on the same
 4 digits from the same global weights (round 1: the app's untrained MLP): dp-sgd with the same clip, z and q on 2
-whole-batch FedAvg steps, its own noise (seed b), attacked by the same attacks with the same labels. Printed per
+whole-batch FedAvg steps, attacked by the same attacks with the same labels. Each side draws its own Poisson samples
+and noise, fresh per block (the app's ``--seed b``; giabench's generator seed b). Printed per
 attack: mean PSNR (sd) over the blocks for Opacus-in-Flower and for giabench, and their difference; and the epsilons
 (giabench's accountant, and Opacus' from the client's reply).
 
@@ -35,8 +36,8 @@ APP = Path(__file__).resolve().parents[1] / "examples" / "flower_app" / "app.py"
 def in_flower(block: int, args, out: Path) -> dict:
     """PSNR per attack of the Opacus client's update, and the epsilons stored beside it."""
     subprocess.run([sys.executable, str(APP), "--dataset", args.dataset, "--first", str(6 * block), "--rounds", "1",
-                    "--prune-client", "-1", "--ig-iterations", str(args.ig_iterations), "--noise-multiplier",
-                    str(args.z), "--out", str(out)], check=True, capture_output=True, timeout=900)
+                    "--prune-client", "-1", "--seed", str(block), "--ig-iterations", str(args.ig_iterations),
+                    "--noise-multiplier", str(args.z), "--out", str(out)], check=True, capture_output=True, timeout=900)
     cells = Store(out).cells()
     private = cells[[json.loads(c)["flower"]["client"] == 2 for c in cells["config"]]]
     extra = json.loads(private["extra"].iloc[0])

@@ -109,7 +109,7 @@ def prune(net, sent: dict, fraction: float) -> dict:
 def train_client(index: int, net, sent: dict, config: dict, context: Context, args) -> dict:
     """Client ``index``'s local training from the global weights ``sent``; what it declares (empty: nothing)."""
     x, y = partition(index, args)
-    torch.manual_seed(1000 * index + int(config.get("server-round", 0)))  # Opacus' Poisson sample and noise
+    torch.manual_seed(args.seed * 1_000_003 + 1000 * index + int(config.get("server-round", 0)))  # Opacus' draws
     net.load_state_dict(sent)
     if index == args.dp_client:
         return opacus_sgd(net, x, y, config, context, args)
@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--local-batch", type=int, default=0)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--ig-iterations", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0, help="the clients' randomness (Opacus' samples and noise)")
     parser.add_argument("--dp-client", type=int, default=2, help="the client that trains with Opacus (-1: none)")
     parser.add_argument("--dp-examples", type=int, default=4)
     parser.add_argument("--dp-batch", type=int, default=2)
