@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from giabench.errors import ConfigError
+from giabench.errors import ConfigError, GiabenchError
 from giabench.store import Store
 
 flwr = pytest.importorskip("flwr", reason="the flower extra: pip install -e '.[flower]'")
@@ -43,8 +44,11 @@ def _kill_after_first_cells(out):
                            start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and app.poll() is None:
-        if (out / "results.sqlite").exists() and len(Store(out).finished()) >= 1:
-            break
+        try:
+            if (out / "results.sqlite").exists() and len(Store(out, create=False).finished()) >= 1:
+                break
+        except (GiabenchError, sqlite3.Error):  # the app holds the database for a moment: look again
+            pass
         time.sleep(0.2)
     os.killpg(app.pid, signal.SIGKILL)
     app.wait()
