@@ -142,12 +142,12 @@ class LegacyClient(NumPyClient):
     declaration travels in the fit metrics."""
 
     def __init__(self, context: Context, args):
-        self.node, self.args = context, args
+        self.node_context, self.args = context, args
 
     def fit(self, parameters, config):
-        index = int(self.node.node_config["partition-id"])
+        index = int(self.node_context.node_config["partition-id"])
         net = network(self.args.dataset)
-        declared = train_client(index, net, named(net, parameters), dict(config), self.node, self.args)
+        declared = train_client(index, net, named(net, parameters), dict(config), self.node_context, self.args)
         weights = [v.detach().numpy() for v in net.state_dict().values()]
         return weights, len(partition(index, self.args)[0]), {"partition-id": index, **legacy_metrics(declared)}
 
