@@ -209,14 +209,34 @@ def identity(cell: Cell, env: Environment) -> dict:
     }
 
 
+def failed_result(cell: Cell, env: Environment, exc: BaseException) -> tuple[dict, list[dict], None]:
+    """The result of a cell that raised: status ``failed``, the exception's type and first line as the note."""
+    reason = f"{type(exc).__name__}: {first_line(exc)}"
+    return {**identity(cell, env), "status": "failed", "note": reason.rstrip(": ")}, [], None
+
+
 def run_cell_safely(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[dict], np.ndarray | None]:
     """``run_cell``, with any failure inside the cell (an attack that raises, diverges to NaN, runs out of memory)
     turned into a result with status ``failed`` and the reason, so the suite goes on."""
     try:
         return run_cell(cell, env, progress)
     except Exception as exc:  # noqa: BLE001 -- one cell's failure is recorded, never the suite's end
-        reason = f"{type(exc).__name__}: {first_line(exc)}"
-        return {**identity(cell, env), "status": "failed", "note": reason.rstrip(": ")}, [], None
+        return failed_result(cell, env, exc)
+
+
+def store_result(store: Store, out: Path, suite_name: str, cell: Cell, result) -> None:
+    """Write a finished cell's image grid under ``out/images`` and its row (stamped with the suite and the time) and
+    per-image rows into ``store``."""
+    row, images, grid = result
+    if grid is not None:
+        try:
+            Image.fromarray(grid).save(out / "images" / f"{cell.id}.png")
+        except OSError as exc:
+            raise GiabenchError(f"{out}: cannot write the image of cell {cell.id} ({exc.strerror}); the cells stored "
+                                "before it are intact: free space, then rerun to resume") from None
+    row.update(suite=suite_name, image=f"images/{cell.id}.png" if grid is not None else "",
+               finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    store.write(row, images)
 
 
 def surrogate(imageset: data.ImageSet, private: torch.Tensor) -> torch.Tensor:
@@ -253,16 +273,7 @@ def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1,
                    unit="cell", disable=not show_progress, position=0)
 
         def finish(cell: Cell, result) -> None:
-            row, images, grid = result
-            if grid is not None:
-                try:
-                    Image.fromarray(grid).save(out / "images" / f"{cell.id}.png")
-                except OSError as exc:
-                    raise GiabenchError(f"{out}: cannot write the image of cell {cell.id} ({exc.strerror}); the "
-                                        "cells stored before it are intact: free space, then rerun to resume") from None
-            row.update(suite=suite.name, image=f"images/{cell.id}.png" if grid is not None else "",
-                       finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
-            store.write(row, images)
+            store_result(store, out, suite.name, cell, result)
             bar.update(1)
 
         try:

@@ -275,8 +275,8 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     summary when the caller has it already (``summary.defense_summary``; computed here otherwise)."""
     run_dir = Path(run_dir)
     try:
-        images = Store(run_dir, create=False).images()
-        stored = Store(run_dir, create=False).cells()
+        store = Store(run_dir, create=False)
+        images, stored = store.images(), store.cells()
     except GiabenchError:
         images, stored = pd.DataFrame(columns=["cell", "image", "psnr", "ssim"]), pd.DataFrame()
     per_round = rounds.table(stored)

@@ -28,11 +28,9 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from giabench import data, protocols, runner, threats
 from giabench.contracts import ServerView
@@ -149,7 +147,6 @@ class LeakageRecorder:
             for c in self.attack_configs]
         self.defense = dict(defense or {"name": "none"})
         self.out = Path(out)
-        self.out.joinpath("images").mkdir(parents=True, exist_ok=True)
         self.store = Store(self.out)
         self.env = runner.Environment()
         self._released: dict[int, list] = {}  # client -> its DP releases (noise multiplier, sample rate, steps)
@@ -191,28 +188,37 @@ class LeakageRecorder:
                         " (its epsilon from here on leaves this round out)" if releases is None else "")
         if weights is None:
             return
-        for attack, needs in zip(self.attack_configs, self.needs, strict=True):
-            cell = self._cell(server_round, client, attack, threats.minimal(needs), defense, params, batch)
-            if cell.id in self.store.finished():
-                continue
+        done = self.store.finished()
+        cells = [c for c in (self._cell(server_round, client, attack, threats.minimal(needs), defense, params, batch)
+                             for attack, needs in zip(self.attack_configs, self.needs, strict=True))
+                 if c.id not in done]
+        if cells and failure is None:
+            try:  # once per reply: the broadcast model, the message, the private batch
+                model = copy.deepcopy(self.model)
+                model.load_state_dict(weights)
+                model.eval()
+                message = update_of(model, weights, received)
+                truth = self.truth(reply.node, server_round, reply.metrics) if self.truth else None
+            except Exception as exc:  # noqa: BLE001 -- a reply that does not fit the model is recorded
+                failure = exc
+        for cell in cells:
             try:
                 if failure is not None:
                     raise failure
-                result = self._attack(cell, weights, received, releases, reply, server_round, config)
+                result = self._attack(cell, model, message, releases, truth, server_round, config)
             except Exception as exc:  # noqa: BLE001 -- one update's failure is recorded, never the app's end
-                reason = f"{type(exc).__name__}: {first_line(exc)}".rstrip(": ")
-                result = {**runner.identity(cell, self.env), "status": "failed", "note": reason}, [], None
-            row, images, grid = result
-            self._store(cell, row, images, grid)
+                result = runner.failed_result(cell, self.env, exc)
+            runner.store_result(self.store, self.out, "flower", cell, result)
+            row = result[0]
             LOG.log(logging.INFO if row["status"] == "ok" else logging.WARNING, "giabench: round %d, client %d, %s: "
-                    "%s%s", server_round, client, attack["name"], row["status"], f" ({row['note']})"
+                    "%s%s", server_round, client, cell.config["attack"]["name"], row["status"], f" ({row['note']})"
                     if row.get("note") else f", PSNR {row['psnr']:.2f} dB"
                     if not math.isnan(row.get("psnr", math.nan)) else ", unscored")
 
     def _defended(self, defense: dict, params: dict, model: torch.nn.Module):
         """The declared defense's client on the FedAvg protocol of ``params`` (the server's model of the client)."""
         protocol = protocols.build("fedavg", params, model)
-        return defenses.get(defense["name"])(protocol, **{k: v for k, v in defense.items() if k != "name"})
+        return defenses.get(defense["name"])(protocol, **runner.component_params({"defense": defense}, "defense"))
 
     def _account(self, client: int, defense: dict, params: dict, batch: int) -> list:
         """The client's DP releases so far, this reply's included: one share of a batch of ``batch`` records under
@@ -231,17 +237,13 @@ class LeakageRecorder:
                   "flower": {"round": server_round, "client": client}}
         return Cell(config, cell_id(config))
 
-    def _attack(self, cell: Cell, weights: dict, received: dict, releases: list, reply: Reply, server_round: int,
+    def _attack(self, cell: Cell, model: torch.nn.Module, message: dict, releases: list, truth, server_round: int,
                 declared: dict):
+        """One attack on one reply's ``message``; ``truth``: the client's private batch, or None (unscored)."""
         config = cell.config
-        model = copy.deepcopy(self.model)
-        model.load_state_dict(weights)
-        model.eval()
-        message = update_of(model, weights, received)
         client = self._defended(config["defense"], runner.component_params(config, "protocol"), model)
         client.releases = releases
         client.observe(message)
-        truth = self.truth(reply.node, server_round, reply.metrics) if self.truth else None
         x, y = truth if truth is not None else (None, None)
         labels = y.cpu() if y is not None and threats.grants(config["threat_model"], "labels") else None
         view = ServerView(model, client.protocol, message, dict(client.public), self.imageset.shape,
@@ -250,8 +252,7 @@ class LeakageRecorder:
         missing = sorted(attacker.requirements("fedavg") - GRANTED)
         reason = attacker.applies(model, self.imageset.shape, "fedavg", config["batch_size"]) or (
             f"the recorder attacks as a passive server of a running app; the attack needs {missing[0]} "
-            f"({threats.CAPABILITIES[missing[0]]})"
-            if missing else None)
+            f"({threats.CAPABILITIES[missing[0]]})" if missing else None)
         if reason:
             status, note, recon, extra, wall = "not-applicable", reason, None, {}, 0.0
         else:
@@ -261,10 +262,3 @@ class LeakageRecorder:
             extra = {**extra, "client_epsilon": float(declared["dp-epsilon"]),
                      "client_delta": float(declared.get("dp-delta", math.nan))}
         return runner.result_row(cell, self.env, x, y, recon, status, note, extra, wall, client.cost())
-
-    def _store(self, cell: Cell, row: dict, images: list, grid) -> None:
-        if grid is not None:
-            Image.fromarray(grid).save(self.out / "images" / f"{cell.id}.png")
-        row.update(suite="flower", image=f"images/{cell.id}.png" if grid is not None else "",
-                   finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
-        self.store.write(row, images)
