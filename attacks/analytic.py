@@ -16,7 +16,8 @@ from torch import nn
 
 from giabench import checks
 from giabench.attacks import labels as label_methods
-from giabench.attacks.base import Attack
+from giabench.attacks.base import LABELS, Attack
+from giabench.checks import Param
 from giabench.contracts import UNFILLED, Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
@@ -85,14 +86,16 @@ class FCInvert(Attack):
     family = "analytic"
     title = "linear-layer inversion"
     assumes = "the first layer is fully connected with a bias; labels inferred (iDLG rule) for the label score"
+    parameters = {
+        "tol": Param("rows x = dL/dW_i / dL/db_i within this max abs difference (normalized input space) are one "
+                     "sample", above=0),
+        "labels": LABELS,
+    }
 
     def applies(self, model, shape, protocol, batch_size):
         return unless_linear_first(model)
 
     def __init__(self, *, tol: float = 1e-3, labels: str = "inferred"):
-        if tol <= 0:
-            raise ConfigError("attack fc-invert: tol > 0")
-        label_methods.check(labels)
         self.tol, self.labels = tol, labels
 
     def reconstruct(self, view, simulate, generator, progress=None):
@@ -119,6 +122,10 @@ class InferLabels(Attack):
     family = "label"
     title = "label inference"
     assumes = "non-negative penultimate features and cross-entropy; llg+ also surrogate data"
+    parameters = {
+        "method": Param("the label-inference rule of giabench.attacks.labels read off the message (llg+ also needs "
+                        "surrogate data)", choices=tuple(label_methods.METHODS)),
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
@@ -126,7 +133,6 @@ class InferLabels(Attack):
 
     def __init__(self, *, method: str = "llg"):
         self.labels = f"inferred:{method}"
-        label_methods.parse(self.labels)
 
     def describe(self):
         return label_methods.TITLES[label_methods.parse(self.labels)]
@@ -193,19 +199,32 @@ class RobbingTheFed(Attack):
     title = "Robbing the Fed"
     needs = ("modify-model", "surrogate-data")
     assumes = "an active server that inserts the imprint block and knows the query's distribution (surrogate data)"
+    parameters = {
+        "bins": Param("K, the imprint block's bins (neurons), cut at the quantiles F^-1(i/K) of the query",
+                      at_least=2),
+        "query": Param("q(x) = a . x the bins measure: avg (mean brightness), fourier (a DCT-II mode), random (a "
+                       "random unit direction)", choices=("avg", "fourier", "random")),
+        "variant": Param("cumulative (neuron i fires iff q(x) > c_i; rows differenced, Eq. 4) or sparse (hard-tanh "
+                         "bins, no differencing)", choices=("cumulative", "sparse")),
+        "gain": Param("scale of the imprint weights: rows of W* are gain times the query, W2 is 1/gain", above=0),
+        "mode": Param("the DCT-II frequency along the image height of the fourier query (unused otherwise)"),
+        "labels": Param("inferred[:METHOD]: how the label score's labels are read off the message (the attack itself "
+                        "needs none)"),
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
         return {"bins": 64}
 
-    def __init__(self, *, bins: int = 64, query: str = "avg", variant: str = "cumulative", gain: float = 1.0,
-                 mode: int = 1, labels: str = "inferred:llg"):
-        checks.at_least("attack rtf", 2, bins=bins)
-        checks.positive("attack rtf", gain=gain)
-        checks.one_of("attack rtf", "query", query, ("avg", "fourier", "random"))
-        checks.one_of("attack rtf", "variant", variant, ("cumulative", "sparse"))
+    @classmethod
+    def check(cls, params):
+        labels = params["labels"]
         checks.require("attack rtf", "labels", labels, labels.startswith("inferred"),
                        "inferred[:METHOD] (the attack needs no labels)")
+        super().check(params)
+
+    def __init__(self, *, bins: int = 64, query: str = "avg", variant: str = "cumulative", gain: float = 1.0,
+                 mode: int = 1, labels: str = "inferred:llg"):
         self.bins, self.query, self.variant, self.gain, self.mode = bins, query, variant, gain, mode
         self.labels = labels
 

@@ -28,11 +28,11 @@ import math
 import torch
 from torch import nn
 
-from giabench import checks
 from giabench.attacks import labels as label_methods
 from giabench.attacks.analytic import first_layer, layer_gradients
-from giabench.attacks.base import Attack
+from giabench.attacks.base import LABELS, Attack
 from giabench.attacks.optimization import total_variation
+from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import NotApplicable
 from giabench.registry import attack
@@ -94,6 +94,19 @@ class CocktailParty(Attack):
     title = "Cocktail Party Attack"
     assumes = ("a fully connected layer with a bias and at least B units (the first layer, or a head whose inputs "
                "are inverted to images); labels inferred (LLG) for the label score")
+    parameters = {
+        "layer": Param("the fully connected layer whose weight gradient is unmixed (empty: the model's first)"),
+        "iterations": Param("Adam steps of the ICA unmixing W", at_least=1),
+        "lr": Param("Adam step size of the unmixing W", above=0),
+        "tv": Param("lambda_tv, the weight of the sources' total variation (when they are images)", at_least=0),
+        "mi": Param("lambda_mi, the weight of the mutual-independence term keeping rows on distinct sources",
+                    at_least=0),
+        "temperature": Param("T, the sharpness of the mutual-independence term exp(T (|w_j . w_k| - 1))", above=0),
+        "fi_iterations": Param("Adam steps of feature inversion (only when the layer is not the first)", at_least=1),
+        "fi_lr": Param("Adam step size of feature inversion, in the model's normalized pixel space", above=0),
+        "fi_tv": Param("lambda_fi, the weight of the total-variation prior in feature inversion", at_least=0),
+        "labels": LABELS,
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
@@ -115,10 +128,6 @@ class CocktailParty(Attack):
     def __init__(self, *, layer: str = "", iterations: int = 2000, lr: float = 0.01, tv: float = 0.1,
                  mi: float = 0.03, temperature: float = 10.0, fi_iterations: int = 2000, fi_lr: float = 0.05,
                  fi_tv: float = 1e-3, labels: str = "inferred:llg"):
-        checks.at_least("attack cpa", 1, iterations=iterations, fi_iterations=fi_iterations)
-        checks.positive("attack cpa", lr=lr, fi_lr=fi_lr, temperature=temperature)
-        checks.at_least("attack cpa", 0, tv=tv, mi=mi, fi_tv=fi_tv)
-        label_methods.check(labels)
         self.layer, self.iterations, self.lr, self.tv, self.mi, self.temperature = layer, iterations, lr, tv, mi, \
             temperature
         self.fi_iterations, self.fi_lr, self.fi_tv, self.labels = fi_iterations, fi_lr, fi_tv, labels

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from giabench import checks
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import Attack
 from giabench.attacks.optimization import cosine_distance, initial_images, signed_adam, total_variation
+from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import NotApplicable
 from giabench.protocols import FedAvg, fedavg_steps
@@ -78,6 +78,16 @@ class FedAvgInvert(Attack):
     title = "FedAvg-invert"
     needs = ("priors",)
     assumes = "FedAvg with per-epoch shuffling: training details, image priors; labels known (or inferred)"
+    parameters = {
+        "iterations": Param("signed-Adam steps, each simulating the client's whole round on the epochs' copies",
+                            at_least=1),
+        "lr": Param("Adam step size in the normalized pixel space, decayed by 10 at 3/8, 5/8 and 7/8 of the run",
+                    above=0),
+        "tv": Param("alpha_TV, the weight of the total-variation prior, summed over the epochs' copies", at_least=0),
+        "invariant": Param("alpha_inv, the weight of the epoch-order invariant prior R_inv", at_least=0),
+        "labels": Param("known (the multiset, one fixed order in every epoch's copies) or inferred[:METHOD] (the "
+                        "paper's: inferred:fedavg)"),
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
@@ -88,10 +98,6 @@ class FedAvgInvert(Attack):
 
     def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, invariant: float = 10.0,
                  labels: str = "known"):
-        checks.at_least("attack fedavg-invert", 1, iterations=iterations)
-        checks.positive("attack fedavg-invert", lr=lr)
-        checks.at_least("attack fedavg-invert", 0, tv=tv, invariant=invariant)
-        label_methods.check(labels)
         self.iterations, self.lr, self.tv, self.invariant, self.labels = iterations, lr, tv, invariant, labels
 
     def reconstruct(self, view, simulate, generator, progress=None):

@@ -42,9 +42,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from giabench import checks
 from giabench.attacks.base import Attack
 from giabench.attacks.optimization import InvertingGradients, initial_images
+from giabench.checks import Param
 from giabench.contracts import UNFILLED, Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
@@ -142,6 +142,22 @@ class Fishing(Attack):
     needs = ("modify-model", "priors")
     assumes = ("an active server that rewrites the last layer (feature fishing: surrogate data to place the cut-off); "
                "FedSGD, no batch norm in train mode")
+    parameters = {
+        "mode": Param("class: catch the batch's images of class t; feature: the one image past a penultimate "
+                      "feature's cut-off", choices=MODES),
+        "target_class": Param("t, the class whose classifier row stays (class) or reads the feature (feature)",
+                              at_least=0),
+        "gap": Param("the bias of every non-target logit; large, so that p_t ~ 0 while z_t << gap", above=0),
+        "sharpness": Param("feature fishing's slope m = sharpness / std of feature f's active surrogate values",
+                           above=0),
+        "dummies": Param("dummy images inverted (0: n_t from the bait under class fishing, 1 under feature), "
+                         "capped at the batch size", at_least=0),
+        "iterations": Param("IG's signed-Adam steps per restart and per kind of caught image tried", at_least=1),
+        "lr": Param("IG's Adam step size in the normalized pixel space", above=0),
+        "tv": Param("alpha_TV, the weight of IG's total-variation prior", at_least=0),
+        "restarts": Param("IG runs (feature fishing's first from surrogate starts); the lowest final objective wins",
+                          at_least=1),
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
@@ -154,13 +170,6 @@ class Fishing(Attack):
 
     def __init__(self, *, mode: str = "class", target_class: int = 0, gap: float = 1000.0, sharpness: float = 10.0,
                  dummies: int = 0, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1):
-        checks.one_of("attack fishing", "mode", mode, MODES)
-        checks.at_least("attack fishing", 0, target_class=target_class)
-        checks.positive("attack fishing", gap=gap, sharpness=sharpness)
-        checks.at_least("attack fishing", 1, iterations=iterations, restarts=restarts)
-        checks.at_least("attack fishing", 0, dummies=dummies)
-        checks.positive("attack fishing", lr=lr)
-        checks.at_least("attack fishing", 0, tv=tv)
         self.mode, self.target_class, self.gap, self.sharpness = mode, target_class, gap, sharpness
         self.dummies, self.iterations, self.lr, self.tv, self.restarts = dummies, iterations, lr, tv, restarts
         self.ig = InvertingGradients(iterations=iterations, lr=lr, tv=tv, labels="known")

@@ -28,8 +28,9 @@ import torch
 
 from giabench import checks
 from giabench.attacks import labels as label_methods
-from giabench.attacks.base import Attack
+from giabench.attacks.base import LABELS, Attack
 from giabench.attacks.optimization import cosine_distance, total_variation
+from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
@@ -71,16 +72,25 @@ class GenerativeAttack(Attack):
     family = "generative"
     needs = ("priors", "surrogate-data")
     assumes = "a generator trained on the client's kind of images (threat model D); labels known or inferred"
+    #: the parameters every generative attack takes (each adds its own, and its meaning of ``restarts``)
+    shared = {
+        "generator": Param("G, the pretrained generator: dcgan-mnist, dcgan-patches, biggan-deep-128/256/512 or "
+                           "checkpoint:PATH"),
+        "tv": Param("alpha_TV, the weight of the total-variation prior in the matching loss", at_least=0),
+        "labels": LABELS,
+    }
 
-    def __init__(self, generator: str, labels: str, tv: float, restarts: int):
-        checks.at_least(f"attack {self.registered_name}", 0, tv=tv)
-        checks.at_least(f"attack {self.registered_name}", 1, restarts=restarts)
-        label_methods.check(labels)
+    @classmethod
+    def check(cls, params):
+        super().check(params)
         from giabench.attacks.generators import BIGGAN, SHIPPED
 
+        generator = params["generator"]
         if generator not in (*SHIPPED, *BIGGAN) and not generator.startswith("checkpoint:"):
-            raise ConfigError(f"attack {self.registered_name}: unknown generator {generator!r}; known: "
-                              f"{', '.join((*SHIPPED, *BIGGAN))} or checkpoint:PATH")
+            raise ConfigError(f"attack {cls.registered_name}: unknown generator {generator!r}; known: "
+                              f"{', '.join((*SHIPPED, *BIGGAN))} or checkpoint:PATH", field="generator")
+
+    def __init__(self, generator: str, labels: str, tv: float, restarts: int):
         self.generator, self.labels, self.tv, self.restarts = generator, labels, tv, restarts
 
     @classmethod
@@ -114,6 +124,15 @@ class GIAS(GenerativeAttack):
     """Latent search, then per-image generator fine-tuning."""
 
     title = "GIAS"
+    parameters = {
+        **GenerativeAttack.shared,
+        "latent_iterations": Param("stage 1: Adam steps of the latent search z, per restart", at_least=1),
+        "finetune_iterations": Param("stage 2: Adam steps fine-tuning every image's generator copy w_j together",
+                                     at_least=0),
+        "lr": Param("stage 1: Adam step size in the latent space", above=0),
+        "finetune_lr": Param("stage 2: Adam step size on the generator copies' weights", above=0),
+        "restarts": Param("stage 1 searches from fresh latents; the lowest final loss goes on to stage 2", at_least=1),
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
@@ -130,9 +149,6 @@ class GIAS(GenerativeAttack):
                  lr: float = 0.03, finetune_lr: float = 1e-4, tv: float = 1e-4, restarts: int = 1,
                  labels: str = "known"):
         super().__init__(generator, labels, tv, restarts)
-        checks.at_least("attack gias", 1, latent_iterations=latent_iterations)
-        checks.at_least("attack gias", 0, finetune_iterations=finetune_iterations)
-        checks.positive("attack gias", lr=lr, finetune_lr=finetune_lr)
         self.latent_iterations, self.finetune_iterations = latent_iterations, finetune_iterations
         self.lr, self.finetune_lr = lr, finetune_lr
 
@@ -168,14 +184,24 @@ class GGL(GenerativeAttack):
     """CMA-ES over the latent with the KL prior; the update is only evaluated, never differentiated."""
 
     title = "GGL"
+    parameters = {
+        **GenerativeAttack.shared,
+        "budget": Param("evaluations of the update in all, split evenly over the restarts; at least population"),
+        "population": Param("CMA-ES candidates per generation", at_least=2),
+        "sigma": Param("CMA-ES initial step size in the latent space", above=0),
+        "kl": Param("lambda_KL, the weight of the KL prior of z's entries towards N(0, 1)", at_least=0),
+        "restarts": Param("CMA-ES runs from fresh latents, sharing the budget; the lowest objective wins", at_least=1),
+    }
+
+    @classmethod
+    def check(cls, params):
+        super().check(params)
+        checks.require(f"attack {cls.registered_name}", "budget", params["budget"],
+                       params["budget"] >= params["population"], f">= population ({params['population']})")
 
     def __init__(self, *, generator: str = "dcgan-mnist", budget: int = 1000, population: int = 20,
                  sigma: float = 0.5, kl: float = 0.1, tv: float = 0.0, restarts: int = 1, labels: str = "known"):
         super().__init__(generator, labels, tv, restarts)
-        checks.at_least("attack ggl", 2, population=population)
-        checks.at_least("attack ggl", population, budget=budget)
-        checks.positive("attack ggl", sigma=sigma)
-        checks.at_least("attack ggl", 0, kl=kl)
         self.budget, self.population, self.sigma, self.kl = budget, population, sigma, kl
 
     def planned_budget(self):
@@ -218,17 +244,34 @@ class GIFD(GenerativeAttack):
     """Latent, then each intermediate feature in turn, l1-ball-constrained; the best round wins."""
 
     title = "GIFD"
+    parameters = {
+        **GenerativeAttack.shared,
+        "iterations": Param("Adam steps per round (round 0: z; round k: stage k's input h_k), per restart",
+                            at_least=1),
+        "lr": Param("peak Adam step size, ramped up over the first 5 % of a round and down over its last 75 %",
+                    above=0),
+        "radii": Param("r_k, the l1 radius of round k's deviation h_k - h_k^init, one per stage k >= 1 (none: from "
+                       "l1_ratio)"),
+        "l1_ratio": Param("r_k where radii is none, relative to h_k's size: l1_ratio x the entries of one image's h_k",
+                          above=0),
+        "end_stage": Param("the last stage k whose input h_k is optimized (0: z only); negative: the output stage's"),
+        "kl": Param("lambda_KL, the weight of GGL's KL prior on z in round 0", at_least=0),
+        "restarts": Param("runs from fresh latents; the round of lowest matching loss over all runs wins", at_least=1),
+    }
+
+    @classmethod
+    def check(cls, params):
+        super().check(params)
+        radii = params["radii"]
+        ok = radii is None or (isinstance(radii, list) and all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < math.inf for r in radii))
+        checks.require(f"attack {cls.registered_name}", "radii", radii, ok,
+                       "a list of positive numbers, one per feature stage")
 
     def __init__(self, *, generator: str = "dcgan-mnist", iterations: int = 200, lr: float = 0.1,
                  radii: list | None = None, l1_ratio: float = 0.05, end_stage: int = -1, kl: float = 0.0,
                  tv: float = 1e-4, restarts: int = 1, labels: str = "known"):
         super().__init__(generator, labels, tv, restarts)
-        checks.at_least("attack gifd", 1, iterations=iterations)
-        checks.positive("attack gifd", lr=lr, l1_ratio=l1_ratio)
-        checks.at_least("attack gifd", 0, kl=kl)
-        checks.require("attack gifd", "radii", radii, radii is None or (isinstance(radii, list) and all(
-            isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < math.inf for r in radii)),
-            "a list of positive numbers, one per feature stage")
         self.iterations, self.lr, self.radii, self.l1_ratio = iterations, lr, radii, l1_ratio
         self.end_stage, self.kl = end_stage, kl
 

@@ -30,10 +30,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from giabench import checks
 from giabench.attacks import labels as label_methods
-from giabench.attacks.base import Attack
+from giabench.attacks.base import LABELS, Attack
 from giabench.attacks.optimization import cosine_distance, initial_images, total_variation
+from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
@@ -95,6 +95,27 @@ class GradInversion(Attack):
     needs = ("priors",)
     assumes = ("batch-norm statistics of the client's batch (bn: client, threat model E), of the broadcast model "
                "(running) or of surrogate data (proxy); image priors; labels from the FC gradient (Yin)")
+    parameters = {
+        "iterations": Param("Adam steps, each evaluating every seed", at_least=1),
+        "lr": Param("Adam's initial step size in the normalized pixel space, cosine-annealed to 0 over the run",
+                    above=0),
+        "distance": Param("D, the gradient distance: l2 (the paper's sum of per-layer norms) or cosine (IG's)",
+                          choices=DISTANCES),
+        "bn": Param("R_BN's targets: the client's batch statistics (E), the model's running ones, surrogate data's "
+                    "(D), none", choices=BN_SOURCES),
+        "bn_weight": Param("alpha_BN, the weight of the batch-norm statistics prior R_BN", at_least=0),
+        "tv": Param("alpha_TV, the weight of the total-variation prior", at_least=0),
+        "l2": Param("alpha_l2, the weight of the l2 norm of the normalized images", at_least=0),
+        "group": Param("G, the seeds of the batch optimized together", at_least=1),
+        "group_weight": Param("alpha_group, the weight of each seed's l2 distance to the registered fused mean",
+                              at_least=0),
+        "group_start": Param("the fraction of the run after which the group term starts", at_least=0, at_most=1),
+        "group_every": Param("steps between refreshes of the fused mean (the paper's lazy update)", at_least=1),
+        "max_shift": Param("the largest translation the registration tries, in pixels", at_least=0),
+        "proxy_images": Param("surrogate images whose batch-norm statistics are the targets under bn: proxy",
+                              at_least=1),
+        "labels": LABELS,
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
@@ -111,15 +132,6 @@ class GradInversion(Attack):
                  bn_weight: float = 0.1, tv: float = 1e-4, l2: float = 1e-6, group: int = 4,
                  group_weight: float = 1e-2, group_start: float = 0.25, group_every: int = 100, max_shift: int = 2,
                  proxy_images: int = 256, labels: str = "inferred:yin"):
-        where = "attack gradinversion"
-        checks.at_least(where, 1, iterations=iterations, group=group, group_every=group_every,
-                        proxy_images=proxy_images)
-        checks.at_least(where, 0, bn_weight=bn_weight, tv=tv, l2=l2, group_weight=group_weight, max_shift=max_shift)
-        checks.positive(where, lr=lr)
-        checks.require(where, "group_start", group_start, 0 <= group_start <= 1, "a fraction of the run in [0, 1]")
-        checks.require(where, "bn", bn, bn in BN_SOURCES, f"one of {', '.join(BN_SOURCES)}")
-        checks.require(where, "distance", distance, distance in DISTANCES, f"one of {', '.join(DISTANCES)}")
-        label_methods.check(labels)
         self.iterations, self.lr, self.distance, self.bn, self.bn_weight = iterations, lr, distance, bn, bn_weight
         self.tv, self.l2, self.group, self.group_weight = tv, l2, group, group_weight
         self.group_start, self.group_every, self.max_shift = group_start, group_every, max_shift

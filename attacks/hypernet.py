@@ -26,8 +26,8 @@ import math
 import torch
 from torch.func import functional_call
 
-from giabench import checks
 from giabench.attacks.optimization import cosine_distance, initial_images, signed_adam, total_variation
+from giabench.checks import Param
 from giabench.contracts import Attack, Reconstruction
 from giabench.errors import NotApplicable
 from giabench.registry import attack
@@ -79,6 +79,14 @@ class HyperFLInvert(Attack):
     title = "HyperFL inversion"
     needs = ("priors",)
     assumes = "the HyperFL mechanism and its public hypernetwork; image priors; no labels, no head"
+    parameters = {
+        "iterations": Param("signed-Adam steps per restart, optimizing the images x and error signals D together",
+                            at_least=1),
+        "lr": Param("Adam step size (pixels in the normalized space), decayed by 10 at 3/8, 5/8 and 7/8 of the run",
+                    above=0),
+        "tv": Param("alpha_TV, the weight of the total-variation prior", at_least=0),
+        "restarts": Param("independent runs from fresh random images; the lowest final objective wins", at_least=1),
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
@@ -86,9 +94,6 @@ class HyperFLInvert(Attack):
                             "hyperfl only (a suite with that defense)")
 
     def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1):
-        checks.at_least("attack hyperfl-invert", 1, iterations=iterations, restarts=restarts)
-        checks.positive("attack hyperfl-invert", lr=lr)
-        checks.at_least("attack hyperfl-invert", 0, tv=tv)
         self.iterations, self.lr, self.tv, self.restarts = iterations, lr, tv, restarts
 
     def reconstruct(self, view, simulate, generator, progress=None):

@@ -10,9 +10,9 @@ import math
 
 import torch
 
-from giabench import checks
 from giabench.attacks import labels as label_methods
-from giabench.attacks.base import Attack
+from giabench.attacks.base import LABELS, Attack
+from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import NotApplicable
 from giabench.registry import attack
@@ -83,6 +83,13 @@ class DLG(Attack):
 
     title = "DLG"
     assumes = "no prior; labels optimized jointly (or known / inferred)"
+    label_modes = ("optimized",)
+    parameters = {
+        "iterations": Param("L-BFGS steps, one gradient evaluation each", at_least=1),
+        "lr": Param("L-BFGS step size", above=0),
+        "labels": Param("optimized (dummy label logits optimized with the images, as in DLG), known, or "
+                        "inferred[:METHOD] from the message"),
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
@@ -90,9 +97,6 @@ class DLG(Attack):
                             "stand for it")
 
     def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "optimized"):
-        checks.at_least(f"attack {self.registered_name}", 1, iterations=iterations)
-        checks.positive(f"attack {self.registered_name}", lr=lr)
-        label_methods.check(labels, ("optimized",))
         self.iterations, self.lr, self.labels = iterations, lr, labels
 
     def reconstruct(self, view, simulate, generator, progress=None):
@@ -198,6 +202,14 @@ class InvertingGradients(Attack):
     title = "IG"
     needs = ("priors",)
     assumes = "image priors (total variation, pixel box); labels known (or inferred)"
+    parameters = {
+        "iterations": Param("signed-Adam steps per restart", at_least=1),
+        "lr": Param("Adam step size in the normalized pixel space, decayed by 10 at 3/8, 5/8 and 7/8 of the run",
+                    above=0),
+        "tv": Param("alpha_TV, the weight of the total-variation prior", at_least=0),
+        "restarts": Param("independent runs from fresh random images; the lowest final objective wins", at_least=1),
+        "labels": LABELS,
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
@@ -206,10 +218,6 @@ class InvertingGradients(Attack):
 
     def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1,
                  labels: str = "known"):
-        checks.at_least("attack ig", 1, iterations=iterations, restarts=restarts)
-        checks.positive("attack ig", lr=lr)
-        checks.at_least("attack ig", 0, tv=tv)
-        label_methods.check(labels)
         self.iterations, self.lr, self.tv, self.restarts, self.labels = iterations, lr, tv, restarts, labels
 
     def objective(self, z, y, simulate, obs, mean, std):

@@ -25,7 +25,7 @@ from torch.func import grad, vjp
 from torch.func import jacfwd as _jacfwd
 
 from giabench.attacks import labels as label_methods
-from giabench.attacks.base import Attack
+from giabench.attacks.base import LABELS, Attack
 from giabench.contracts import Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
@@ -152,6 +152,7 @@ class RGAP(Attack):
     family = "analytic"
     title = "R-GAP"
     assumes = "batch 1, FedSGD, a chain of conv/linear layers with invertible activations, noiseless gradients"
+    parameters = {"labels": LABELS}
 
     def applies(self, model, shape, protocol, batch_size):
         try:
@@ -163,7 +164,6 @@ class RGAP(Attack):
         return "it needs batch 1" if batch_size != 1 else None
 
     def __init__(self, *, labels: str = "inferred"):
-        label_methods.check(labels)
         self.labels = labels
 
     def requirements(self, protocol):

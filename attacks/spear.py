@@ -25,13 +25,15 @@ ReLU, and it has at least B live units (the rank of G is B when the inputs are l
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from giabench import checks
 from giabench.attacks import labels as label_methods
 from giabench.attacks.analytic import fill_slots, first_layer, first_linear, layer_gradients, unless_linear_first
-from giabench.attacks.base import Attack
+from giabench.attacks.base import LABELS, Attack
+from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import NotApplicable
 from giabench.registry import attack
@@ -39,10 +41,12 @@ from giabench.registry import attack
 MIN_CONSISTENCY = 0.9  # a wrong choice scores about 0.6 (chance); one wrong direction of 16 still scores 0.98
 
 
-def expected_samples(batch_size: int) -> float:
-    """Submatrices drawn until every direction has been found once when each unit is inactive for half of the
-    samples: each direction is drawn with probability 2^-(B-1), so a coupon collector's H_B 2^(B-1) (Lemma 5.2)."""
-    return sum(1 / k for k in range(1, batch_size + 1)) * 2.0 ** (batch_size - 1)
+def log2_expected_samples(batch_size: int) -> float:
+    """log2 of the submatrices drawn until every direction has been found once when each unit is inactive for half
+    of the samples: each direction is drawn with probability 2^-(B-1), so a coupon collector's H_B 2^(B-1)
+    (Lemma 5.2). In log2, (B - 1) + log2 H_B, which a float holds at any batch size (2^(B-1) overflows past
+    B = 1025)."""
+    return batch_size - 1 + math.log2(sum(1 / k for k in range(1, batch_size + 1)))
 
 
 def relu_follows(model: nn.Module, layer: nn.Module, shape: tuple[int, ...], generator: torch.Generator) -> bool:
@@ -208,6 +212,19 @@ class Spear(Attack):
     budget_unit = "sampled submatrices"
     assumes = ("the first layer is linear with a bias and followed by ReLU, with at least B live units; an honest "
                "server; labels inferred (LLG) for the label score")
+    parameters = {
+        "samples": Param("budget of random (B-1)-row submatrices L_A of L drawn for kernel directions q", at_least=1),
+        "chunk": Param("submatrices drawn per batch (the filter compares each proposal to its chunk's median)",
+                       at_least=1),
+        "tau": Param("tau: keep a proposal q whose zero count in L q lies tau of the way from its chunk's median to m",
+                     above=0, below=1),
+        "rank_tol": Param("singular values of G above rank_tol times the largest count toward its rank", above=0,
+                          below=1),
+        "zero_tol": Param("an entry of L q counts as zero below zero_tol times its column's largest (or the noise "
+                          "floor)", above=0, below=1),
+        "swaps": Param("unused candidates tried per position in the greedy selection's swap stage", at_least=0),
+        "labels": LABELS,
+    }
 
     @classmethod
     def for_audit(cls, level, shape):
@@ -218,40 +235,37 @@ class Spear(Attack):
             return reason
         if batch_size < 2:
             return "a batch of one is the linear-layer inversion's case (fc-invert), exact without sampling"
-        if reason := self.beyond_budget(batch_size):
-            return reason
         _, first = first_layer(model)
-        if first.out_features < batch_size:
-            return f"the first layer has {first.out_features} units, fewer than the batch of {batch_size}"
+        if reason := self.too_large(first.out_features, batch_size):
+            return reason
         if not relu_follows(model, first, shape, torch.Generator().manual_seed(0)):
             return "the first layer is not followed by ReLU (its output gradient is not zero where it is negative)"
         return None
 
     def __init__(self, *, samples: int = 2**22, chunk: int = 4096, tau: float = 0.1, rank_tol: float = 1e-5,
                  zero_tol: float = 1e-6, swaps: int = 32, labels: str = "inferred:llg"):
-        checks.at_least("attack spear", 1, samples=samples, chunk=chunk)
-        checks.at_least("attack spear", 0, swaps=swaps)
-        for name, value in {"tau": tau, "rank_tol": rank_tol, "zero_tol": zero_tol}.items():
-            checks.require("attack spear", name, value, 0 < value < 1, "a number in (0, 1)")
-        label_methods.check(labels)
         self.samples, self.chunk, self.tau, self.rank_tol, self.zero_tol = samples, chunk, tau, rank_tol, zero_tol
         self.swaps, self.labels = swaps, labels
 
     def planned_budget(self):
         return self.samples
 
-    def beyond_budget(self, batch_size: int) -> str | None:
-        """Why the sampling cannot be expected to finish at ``batch_size`` (None when it can)."""
-        if expected_samples(batch_size) <= 8 * self.samples:
+    def too_large(self, units: int, batch_size: int) -> str | None:
+        """Why a batch of ``batch_size`` is beyond a first layer of ``units`` units (rank G <= units) or beyond the
+        sampling budget (None when neither)."""
+        if units < batch_size:
+            return f"the first layer has {units} units, fewer than the batch of {batch_size}"
+        needed = log2_expected_samples(batch_size)
+        if needed <= math.log2(8 * self.samples):
             return None
-        return (f"at B={batch_size} sampling needs about {expected_samples(batch_size):.1e} submatrices "
-                f"(2^(B-1) H_B), beyond 8 times the budget of {self.samples:.1e}")
+        return (f"at B={batch_size} sampling needs about 2^{needed:.1f} submatrices (2^(B-1) H_B), beyond 8 times "
+                f"the budget of {self.samples:.1e}")
 
     def reconstruct(self, view, simulate, generator, progress=None):
-        if reason := self.beyond_budget(view.batch_size):
-            raise NotApplicable(f"spear: {reason}")
         name = first_linear(view.model)
         layer = view.model.get_submodule(name)
+        if reason := self.too_large(layer.out_features, view.batch_size):
+            raise NotApplicable(f"spear: {reason}")
         weight_grad, bias_grad = layer_gradients(view.message, name, "spear")
         live = weight_grad.abs().amax(dim=1) > 0
         u, s, vh = torch.linalg.svd(weight_grad[live], full_matrices=False)

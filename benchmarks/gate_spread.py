@@ -46,7 +46,7 @@ def run(suite: str, out: Path, name: str) -> pd.DataFrame:
     env_vars, args = VARIANTS[name]
     folder = out / name
     if not (folder / "leaderboard.csv").is_file():
-        command = [sys.executable, "-m", "giabench.cli", "run", suite, "--out", str(folder), "--quiet", *args]
+        command = [sys.executable, "-m", "giabench", "run", suite, "--out", str(folder), "--quiet", *args]
         subprocess.run(command, check=True, env={**os.environ, **env_vars}, stdout=subprocess.DEVNULL)
     return tables.cells(folder)
 

@@ -16,7 +16,7 @@ import argparse
 import math
 
 from giabench import utility
-from giabench.utility_config import UtilityConfig
+from giabench.utility_config import config_from_mapping
 
 
 def independent_epsilon(z: float, releases: int, delta: float) -> float:
@@ -35,10 +35,11 @@ def main() -> None:
     for protocol, steps in (({"name": "fedsgd"}, 1), ({"name": "fedavg", "epochs": 2, "batch_size": 8, "lr": 0.1}, 4)):
         for adjacency in ("add-remove", "replace-one"):
             for rounds in args.rounds:
-                cfg = UtilityConfig(dataset="mnist-5k", model={"name": "mlp", "width": 8},
-                                            protocol=protocol, clients=2, rounds=rounds, batch=16, test_fraction=0.2,
-                                            defenses=[{"name": "dp-sgd", "noise_multiplier": z,
-                                                       "adjacency": adjacency}])
+                cfg = config_from_mapping({"dataset": "mnist-5k", "model": {"name": "mlp", "width": 8},
+                                           "protocol": protocol, "clients": 2, "rounds": rounds, "batch": 16,
+                                           "test_fraction": 0.2, "defenses": [
+                                               {"name": "dp-sgd", "noise_multiplier": z, "adjacency": adjacency}]},
+                                          "utility_epsilon")
                 row = utility.train(cfg, cfg.defenses[0])
                 expected = independent_epsilon(z / 2 if adjacency == "replace-one" else z, rounds * steps, delta)
                 print(f"{protocol['name']:8s} {adjacency:11s} {rounds:6d} {steps:11d} {row['epsilon']:25.4f} "

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from giabench import checks
+from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.defenses.mechanisms import gaussian_like
 from giabench.registry import defense
@@ -23,9 +23,10 @@ class GaussianNoise(Client):
     sensitivity of an unclipped update is unbounded), so epsilon is infinite. The attacker cannot reproduce the noise
     and matches the noise-free update."""
 
+    parameters = {"sigma": Param("std of the Gaussian noise added to every entry of the update", at_least=0)}
+
     def __init__(self, protocol, *, sigma: float = 0.01):
         super().__init__(protocol)
-        checks.at_least("defense gauss", 0, sigma=sigma)
         self.sigma = sigma
         self.public = {"sigma": sigma}
 
@@ -42,10 +43,11 @@ class TopKPruning(Client):
         m_l = u_l * 1[|u_l| >= t_l],  t_l = the k_l-th largest |u_l|,  k_l = ceil((1 - fraction) * |u_l|).
     The server receives values and indices, so the mask is public: the adaptive attacker matches mask * u(x_hat)."""
 
+    parameters = {"fraction": Param("the share of each tensor's entries removed (the smallest in magnitude)",
+                                    at_least=0, below=1)}
+
     def __init__(self, protocol, *, fraction: float = 0.9):
         super().__init__(protocol)
-        checks.require("defense prune", "fraction", fraction, 0 <= fraction < 1,
-                       "in [0, 1) (the share of entries removed)")
         self.fraction = fraction
 
     def transform(self, update, generator):

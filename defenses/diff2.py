@@ -27,12 +27,13 @@ import math
 
 import torch
 
-from giabench import checks, protocols
+from giabench import checks
+from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.defenses.mechanisms import clip_samples, gaussian_like
 from giabench.errors import ConfigError
 from giabench.federation import Federation, load_parameters, mean_update
-from giabench.privacy import check_adjacency, rdp_epsilon
+from giabench.privacy import ADJACENCY, DELTA, rdp_epsilon
 from giabench.protocols import Update
 from giabench.registry import defense
 
@@ -72,31 +73,26 @@ def epsilon(noise1: float, noise2: float, period: int, total_rounds: int, delta:
 class DIFF2Federation(Federation):
     """DIFF2-GD's server over training rounds: every node sends a restart (every ``period`` rounds) or a gradient
     difference between the two latest iterates; the server keeps the running estimator v_r (restarted with the
-    restarts) and steps x_r = x_{r-1} - server_lr v_r whatever the protocol."""
+    restarts) and steps x_r = x_{r-1} - server_lr v_r whatever the protocol. The clients' epsilon composes the
+    run's ``rounds`` (``total_rounds``)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.estimator: Update | None = None
         self.previous: Update | None = None  # x_{r-2}, the iterate before the current one
 
-    def round(self, index, draw, generator):
-        protocol = self.protocol()
-        current = {k: v.clone() for k, v in protocol.params.items()}
-        p = self.params
-        messages = []
-        for k in range(self.clients):
-            x, y = draw(k)
-            if index % p["period"] == 0 or self.previous is None:
-                messages.append(restart_message(protocol, current, x, y, p["clip1"], p["noise1"], generator))
-            else:
-                messages.append(difference_message(protocol, current, self.previous, x, y, p["clip2"], p["noise2"],
-                                                   generator))
+    def restarts(self, index: int) -> bool:
+        return index % self.params["period"] == 0 or self.previous is None
+
+    def client(self, k, index, protocol):
+        """A node on the server's real iterates: a restart at x_{r-1}, or the difference from x_{r-2}."""
+        node = self.client_type(protocol, **{**self.params, "total_rounds": self.rounds})
+        return node.follow(None if self.restarts(index) else self.previous, dict(protocol.params))
+
+    def aggregate(self, index, messages):
+        current = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         mean = mean_update(messages, current)
-        client = self.client_type(protocols.build("fedsgd", {}, self.model), **{**p, "total_rounds": self.rounds})
-        self.last_cost = client.cost()
-        self.uploaded += self.clients * self.last_cost["bytes"]
-        restart = index % client.period == 0
-        self.estimator = mean if restart else {key: self.estimator[key] + mean[key] for key in mean}
+        self.estimator = mean if self.restarts(index) else {key: self.estimator[key] + mean[key] for key in mean}
         self.previous = current
         load_parameters(self.model, {key: current[key] - self.server_lr * self.estimator[key] for key in current})
 
@@ -106,33 +102,51 @@ class DIFF2(Client):
     """DIFF2-GD on one node: restart every ``period`` rounds, clipped noisy gradient differences in between."""
 
     federation = DIFF2Federation
+    parameters = {
+        "clip1": Param("C1, the per-sample gradient norm bound of a restart", above=0),
+        "clip2": Param("C2: a difference's per-sample bound is C2 Delta_r, Delta_r = ||x_{r-1} - x_{r-2}||", above=0),
+        "noise1": Param("z1: a restart's noise std is z1 C1 / n", at_least=0),
+        "noise2": Param("z2: a difference's noise std is z2 C2 Delta_r / n", at_least=0),
+        "period": Param("T, rounds between restarts of the estimator", at_least=1),
+        "rounds": Param("difference rounds since the last restart in the cell's view (public iterates drawn)",
+                        at_least=0),
+        "step": Param("distance between the cell's public iterates, relative to ||x||", above=0),
+        "view": Param("what the attacker matches: telescoped (the restart plus every difference since: v_r) or "
+                      "difference (the last difference alone)", choices=VIEWS),
+        "total_rounds": Param("R, the training rounds epsilon composes (ceil(R/T) restarts, the rest differences)",
+                              at_least=1),
+        "delta": DELTA,
+        "seed": Param("the public seed of the cell's iterates"),
+        "adjacency": ADJACENCY,
+    }
+
+    @classmethod
+    def check(cls, params, protocol, batch_size):
+        super().check(params, protocol, batch_size)
+        if protocol.name != "fedsgd":
+            raise ConfigError("defense diff2 is DIFF2-GD: it needs protocol fedsgd (full local batch)")
+        rounds, period = params["rounds"], params["period"]
+        checks.require("defense diff2", "rounds", rounds, rounds < period, f"< period ({period})")
+        checks.require("defense diff2", "rounds", rounds, params["view"] != "difference" or rounds >= 1,
+                       ">= 1 with view difference")
 
     def __init__(self, protocol, *, clip1: float = 1.0, clip2: float = 1.0, noise1: float = 1.0, noise2: float = 1.0,
                  period: int = 10, rounds: int = 1, step: float = 0.01, view: str = "telescoped",
                  total_rounds: int = 100, delta: float = 1e-5, seed: int = 0, adjacency: str = "add-remove"):
         super().__init__(protocol)
-        if protocol is not None and protocol.name != "fedsgd":
-            raise ConfigError("defense diff2 is DIFF2-GD: it needs protocol fedsgd (full local batch)")
-        checks.positive("defense diff2", clip1=clip1, clip2=clip2, step=step)
-        checks.at_least("defense diff2", 0, noise1=noise1, noise2=noise2, rounds=rounds)
-        checks.at_least("defense diff2", 1, period=period, total_rounds=total_rounds)
-        checks.require("defense diff2", "rounds", rounds, rounds < period, f"< period ({period})")
-        checks.one_of("defense diff2", "view", view, VIEWS)
-        checks.require("defense diff2", "rounds", rounds, view != "difference" or rounds >= 1,
-                       ">= 1 with view difference")
-        checks.require("defense diff2", "delta", delta, 0 < delta < 1, "in (0, 1)")
-        check_adjacency("diff2", adjacency)
         self.adjacency = adjacency
         self.clip1, self.clip2, self.noise1, self.noise2 = clip1, clip2, noise1, noise2
         self.period, self.rounds, self.view, self.total_rounds, self.delta = period, rounds, view, total_rounds, delta
-        if protocol is not None:  # None: validation of the parameters only (suite loading)
-            self.iterates = self._iterates(step, seed)
-            self.public = {"iterates": self.iterates, "view": view}
+        self.iterates = self._iterates(step, seed)
+        self.public = {"iterates": self.iterates, "view": view}
 
-    @classmethod
-    def check_cell(cls, params, protocol, batch_size):
-        if protocol != "fedsgd":
-            raise ConfigError("defense diff2 is DIFF2-GD: it needs protocol fedsgd (full local batch)")
+    def follow(self, previous: Update | None, current: Update) -> DIFF2:
+        """The node on given public iterates (the federation's): a restart at ``current`` when ``previous`` is None,
+        else the difference between ``previous`` and ``current``."""
+        self.iterates = [current] if previous is None else [previous, current]
+        self.view = "telescoped" if previous is None else "difference"
+        self.public = {"iterates": self.iterates, "view": self.view}
+        return self
 
     def _iterates(self, step: float, seed: int) -> list[Update]:
         """x_{r-rounds}, ..., x_r: the public iterates since the last restart, oldest first."""

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from giabench import checks
+from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.defenses.mechanisms import clip_samples, gaussian_like
-from giabench.privacy import check_adjacency, dp_cost
+from giabench.privacy import ADJACENCY, DELTA, check_adjacency, dp_cost
 from giabench.registry import defense
 
 
@@ -38,15 +38,24 @@ class DPSGD(Client):
     """Poisson sampling at ``sample_rate``, per-sample clipping to ``clip`` and Gaussian noise of std
     ``noise_multiplier * clip`` on every local step."""
 
+    parameters = {
+        "clip": Param("C, the bound on each per-sample gradient's L2 norm", above=0),
+        "noise_multiplier": Param("z: Gaussian noise of std z C is added to the sum of clipped gradients", at_least=0),
+        "delta": DELTA,
+        "sample_rate": Param("q, the Poisson sampling rate of each local step's records (1: every record)", above=0,
+                             at_most=1),
+        "rounds": Param("training rounds the client takes part in; epsilon composes all of them", at_least=1),
+        "adjacency": ADJACENCY,
+    }
+
+    @classmethod
+    def check(cls, params, protocol, batch_size):
+        super().check(params, protocol, batch_size)
+        check_adjacency("dp-sgd", params["adjacency"], params["sample_rate"])
+
     def __init__(self, protocol, *, clip: float = 1.0, noise_multiplier: float = 1.0, delta: float = 1e-5,
                  sample_rate: float = 1.0, rounds: int = 1, adjacency: str = "add-remove"):
         super().__init__(protocol)
-        checks.positive("defense dp-sgd", clip=clip)
-        checks.at_least("defense dp-sgd", 0, noise_multiplier=noise_multiplier)
-        checks.require("defense dp-sgd", "delta", delta, 0 < delta < 1, "in (0, 1)")
-        checks.fraction("defense dp-sgd", sample_rate=sample_rate)
-        checks.at_least("defense dp-sgd", 1, rounds=rounds)
-        check_adjacency("dp-sgd", adjacency, sample_rate)
         self.clip, self.noise_multiplier, self.delta = clip, noise_multiplier, delta
         self.sample_rate, self.rounds, self.adjacency = sample_rate, rounds, adjacency
         self.public = {"clip": clip, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate}

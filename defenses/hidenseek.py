@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from giabench import checks
+from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.errors import ConfigError
 from giabench.federation import Federation, mean_update
@@ -71,14 +71,14 @@ class HideNSeekFederation(Federation):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.client = self.client_type(self.protocol(), **self.params)
-        self.scores = self.client.scores
+        self.member = self.client_type(self.protocol(), **self.params)  # every client: the same mask and theta0
+        self.scores = self.member.scores
 
-    def round(self, index, draw, generator):
-        self.client.scores = self.scores
-        messages = [self.client.share(*draw(k), generator) for k in range(self.clients)]
-        self.last_cost = self.client.cost()
-        self.uploaded += self.clients * self.last_cost["bytes"]
+    def client(self, k, index, protocol):
+        self.member.scores = self.scores
+        return self.member
+
+    def aggregate(self, index, messages):
         mean = mean_update(messages, self.scores)
         if self.params["upload"] == "scores":
             self.scores = {k: self.scores[k] - self.step * mean[k] for k in self.scores}
@@ -87,7 +87,7 @@ class HideNSeekFederation(Federation):
             self.scores = {k: scale * torch.where(mean[k] >= 0, 1.0, -1.0) for k in self.scores}
 
     def final_models(self):
-        return [{k: v.detach() for k, v in self.client.effective(self.scores).items()}]
+        return [{k: v.detach() for k, v in self.member.effective(self.scores).items()}]
 
 
 @defense("hidenseek")
@@ -98,16 +98,18 @@ class HideNSeek(Client):
 
     vmappable = False  # the simulated local round trains with torch.autograd inside
     shuffles = False  # its local round is its own loop, in order
+    parameters = {
+        "density": Param("the fraction of convolution and linear weights the SynFlow mask keeps", above=0, at_most=1),
+        "upload": Param("scores: the score update z0 - z_K on the kept weights; signs: sign(z_K), one bit each",
+                        choices=UPLOADS),
+        "score_init": Param("the public initial score of every kept weight (so every sign starts at +1)", above=0),
+        "temperature": Param("signs: the attacker matches the relaxed signs tanh(z_K / temperature)", above=0),
+    }
 
     def __init__(self, protocol, *, density: float = 0.1, upload: str = "scores", score_init: float = 0.01,
                  temperature: float = 0.001):
         super().__init__(protocol)
-        checks.fraction("defense hidenseek", density=density)
-        checks.one_of("defense hidenseek", "upload", upload, UPLOADS)
-        checks.positive("defense hidenseek", score_init=score_init, temperature=temperature)
         self.density, self.upload, self.temperature = density, upload, temperature
-        if protocol is None:  # validation of the parameters only (suite loading)
-            return
         model = protocol.model
         shape = _input_shape(model)
         self.mask = global_mask(synflow_scores(model, shape), density)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from giabench import checks
+from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.defenses.mechanisms import clip_update
 from giabench.errors import ConfigError
@@ -96,27 +96,17 @@ class HyperFLFederation(Federation):
                         for k in range(self.clients)]
         self.phi = self.members[0].phi
 
-    def round(self, index, draw, generator):
-        messages = []
-        for k, client in enumerate(self.members):
-            client.phi = self.phi
-            x, y = draw(k)
-            message, client.embedding, client.head_params = (
-                _detached(part) for part in client.local_round(x, y, client.embedding, client.head_params))
-            messages.append(message)
-            self.last_cost = client.cost()
-            self.uploaded += self.last_cost["bytes"]
+    def client(self, k, index, protocol):
+        """Client k keeps its embedding and head across rounds and starts each from the server's Phi."""
+        member = self.members[k]
+        member.phi = self.phi
+        return member
+
+    def aggregate(self, index, messages):
         self.phi = {k: self.phi[k] - self.step * sum(m[k] for m in messages) / len(messages) for k in self.phi}
 
     def final_models(self):
         return [client.weights(self.phi, client.embedding, client.head_params) for client in self.members]
-
-    def cost(self):
-        return self.members[0].cost()
-
-
-def _detached(part):
-    return {k: v.detach() for k, v in part.items()} if isinstance(part, dict) else part.detach()
 
 
 @defense("hyperfl")
@@ -128,15 +118,20 @@ class HyperFL(Client):
 
     vmappable = False  # the simulated local round trains with torch.autograd inside
     shuffles = False  # its local round is its own loop, in order
+    parameters = {
+        "embed_dim": Param("size of the private client embedding v", at_least=1),
+        "hidden": Param("size of the hypernetwork's hidden code h = ReLU(W v + b)", at_least=1),
+        "private_lr": Param("step size of the private embedding and head (FedSGD) or of the head epoch (FedAvg)",
+                            above=0),
+        "clip": Param("FedAvg: the norm bound of each gradient of (Phi, v), as the paper's code clips", above=0),
+        "seed": Param("the public seed of the hypernetwork Phi (and of the paper's attacker's guess of v)"),
+        "private_seed": Param("the client's private seed of its embedding v and head"),
+    }
 
     def __init__(self, protocol, *, embed_dim: int = 64, hidden: int = 128, private_lr: float = 0.1,
                  clip: float = 50.0, seed: int = 0, private_seed: int = 1):
         super().__init__(protocol)
-        checks.at_least("defense hyperfl", 1, embed_dim=embed_dim, hidden=hidden)
-        checks.positive("defense hyperfl", private_lr=private_lr, clip=clip)
         self.private_lr, self.clip = private_lr, clip
-        if protocol is None:  # validation of the parameters only (suite loading)
-            return
         model = protocol.model
         params = protocol.params
         self.head = head_names(model)
@@ -189,7 +184,9 @@ class HyperFL(Client):
         return {k: phi[k] - params[k] for k in phi}, emb, head
 
     def share(self, x, y, generator):
-        message, _, _ = self.local_round(x.detach(), y, self.embedding, self.head_params)
+        """The hypernetwork's update; the client keeps the embedding and head it trained in the round."""
+        message, embedding, head = self.local_round(x.detach(), y, self.embedding, self.head_params)
+        self.embedding, self.head_params = embedding.detach(), {k: v.detach() for k, v in head.items()}
         return {k: v.detach() for k, v in message.items()}
 
     def simulate(self, x, y):

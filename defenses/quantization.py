@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from giabench import checks
+from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.registry import defense
 
@@ -67,11 +67,16 @@ class Quantization(Client):
     """Quantization of each tensor of the update: ``scheme`` qsgd (``levels``, ``bucket``), sign (scaled signSGD),
     fp16, or uniform (``bits``); the server sees the dequantized tensors."""
 
+    parameters = {
+        "scheme": Param("qsgd (stochastic, unbiased), sign (scaled signSGD), fp16 or uniform (deterministic)",
+                        choices=SCHEMES),
+        "levels": Param("qsgd: s, the quantization levels per bucket", at_least=1),
+        "bucket": Param("qsgd: consecutive entries that share one norm", at_least=1),
+        "bits": Param("uniform: b, the bits per entry (2^(b-1) - 1 levels per side)", at_least=2, at_most=16),
+    }
+
     def __init__(self, protocol, *, scheme: str = "qsgd", levels: int = 16, bucket: int = 512, bits: int = 8):
         super().__init__(protocol)
-        checks.one_of("defense quantize", "scheme", scheme, SCHEMES)
-        checks.at_least("defense quantize", 1, levels=levels, bucket=bucket)
-        checks.require("defense quantize", "bits", bits, 2 <= bits <= 16, "between 2 and 16")
         self.scheme, self.levels, self.bucket, self.bits = scheme, levels, bucket, bits
         self.public = {"scheme": scheme, "levels": levels, "bucket": bucket, "bits": bits}
 

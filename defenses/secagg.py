@@ -8,14 +8,14 @@ shard sizes and matches the sum.
 
 from __future__ import annotations
 
-from giabench import checks
+from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.errors import ConfigError
 from giabench.registry import defense
 
 
 def shards(n: int, clients: int) -> list[slice]:
-    SecureAggregation.check_cell({"clients": clients}, "", n)
+    """K contiguous, near-equal shards of n rows (each holds at least one row when n >= K)."""
     bounds = [round(i * n / clients) for i in range(clients + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -25,15 +25,16 @@ class SecureAggregation(Client):
     """The server sees the sum of ``clients`` updates, each from one shard of the batch."""
 
     shuffles = False  # each simulated client would shuffle its own shard
+    parameters = {"clients": Param("K, the clients whose updates the server receives only as a sum", at_least=1)}
 
     def __init__(self, protocol, *, clients: int = 4):
         super().__init__(protocol)
-        checks.at_least("defense secagg", 1, clients=clients)
         self.clients = clients
         self.public = {"clients": clients}
 
     @classmethod
-    def check_cell(cls, params, protocol, batch_size):
+    def check(cls, params, protocol, batch_size):
+        super().check(params, protocol, batch_size)
         if batch_size < params["clients"]:
             raise ConfigError(f"defense secagg: the batch ({batch_size}) must hold at least one image per client "
                               f"({params['clients']})")

@@ -28,12 +28,12 @@ import math
 
 import torch
 
-from giabench import checks
+from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.defenses.dp_sgd import DPSGD
 from giabench.defenses.mechanisms import clip_update, gaussian_like
 from giabench.errors import ConfigError, NotApplicable
-from giabench.privacy import check_adjacency, dp_cost
+from giabench.privacy import ADJACENCY, DELTA, dp_cost
 from giabench.protocols import Update
 from giabench.registry import defense
 
@@ -115,23 +115,29 @@ def unflatten(vector: torch.Tensor, like: Update) -> Update:
 class Sketching(Client):
     """The client sends y = R u (+ noise) with R an s x d sketch, s = ratio * d (Song et al. 2023, Alg. 1)."""
 
+    parameters = {
+        "kind": Param("the sketch R: dense gaussian, countsketch (hash and sign) or srht (subsampled Hadamard)",
+                      choices=KINDS),
+        "ratio": Param("s / d, the sketch's rows over the update's entries", above=0, at_most=1),
+        "noise": Param("none; pre: DP-SGD on every local step, then the sketch; post: clip the update, sketch, "
+                       "then Gaussian noise", choices=NOISE),
+        "clip": Param("C: the per-sample gradient norm bound (pre) or the whole update's (post)", above=0),
+        "noise_multiplier": Param("z: noise std z C per step (pre) or z ||R||_op C on the sketch (post)", at_least=0),
+        "delta": DELTA,
+        "seed": Param("the public seed of R (a fresh sketch every training round: seed * 100003 + round)"),
+        "secret": Param("withhold the seed from the server (obscurity, not privacy: the matched attack cannot run)"),
+        "adjacency": ADJACENCY,
+    }
+
     def __init__(self, protocol, *, kind: str = "countsketch", ratio: float = 0.1, noise: str = "none",
                  clip: float = 1.0, noise_multiplier: float = 1.0, delta: float = 1e-5, seed: int = 0,
                  secret: bool = False, adjacency: str = "add-remove"):
         super().__init__(protocol)
-        checks.one_of("defense sketch", "kind", kind, KINDS)
-        checks.one_of("defense sketch", "noise", noise, NOISE)
-        checks.fraction("defense sketch", ratio=ratio)
-        checks.positive("defense sketch", clip=clip)
-        checks.at_least("defense sketch", 0, noise_multiplier=noise_multiplier)
-        check_adjacency("sketch", adjacency)
         self.noise, self.clip, self.noise_multiplier, self.delta, self.secret = noise, clip, noise_multiplier, \
             delta, secret
         self.adjacency = adjacency
         self.dp = DPSGD(protocol, clip=clip, noise_multiplier=noise_multiplier, delta=delta,
                         adjacency=adjacency) if noise == "pre" else None
-        if protocol is None:  # validation of the parameters only (suite loading)
-            return
         d = self.numel()
         self.sketch = Sketch(kind, d, max(1, round(ratio * d)), seed)
         self.public = {} if secret else {"seed": seed, "kind": kind, "s": self.sketch.s}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, vjp, vmap
 
-from giabench import checks
+from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.registry import defense
 
@@ -50,10 +50,11 @@ class Soteria(Client):
     """Prunes the ``fraction`` of the last linear layer's input units whose representation reveals the most (lowest
     ||dr/dx|| / r scores are pruned, as in the reference code): those columns of its weight gradient are zeroed."""
 
+    parameters = {"fraction": Param("the share of the defended layer's input units pruned (their weight-gradient "
+                                    "columns zeroed)", at_least=0, below=1)}
+
     def __init__(self, protocol, *, fraction: float = 0.8):
         super().__init__(protocol)
-        checks.require("defense soteria", "fraction", fraction, 0 <= fraction < 1,
-                       "in [0, 1) (the share of representation units pruned)")
         self.fraction = fraction
 
     @property

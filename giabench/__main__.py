@@ -2,6 +2,6 @@
 
 import sys
 
-from giabench.cli import main
+from giabench.app.cli import main
 
 sys.exit(main())

@@ -4,8 +4,9 @@ defended client does on the wire and in training.
 An attack sees a ``ServerView`` (the broadcast model, the message on the wire, the defense's public side information
 and the data shape; labels only when the cell's threat model grants them) and the defended client's ``simulate``, its
 differentiable model of the message. It returns a ``Reconstruction``. It also describes itself, so that the audit and
-the report need no list of attacks: a ``title``, its family, threat-model ``needs``, its parameters at each audit
-level (``for_audit``) and whether it applies to a model, protocol and batch size (``applies``).
+the report need no list of attacks: a ``title``, its family, threat-model ``needs``, its documented ``parameters``
+(checked by ``check`` when a suite is loaded), its parameters at each audit level (``for_audit``) and whether it
+applies to a model, protocol and batch size (``applies``).
 
 A defense is a ``Client`` (Kerckhoffs: the mechanism and its public parameters are known to the server, the fresh
 randomness is not):
@@ -16,7 +17,10 @@ randomness is not):
 - ``cost()``: bytes uploaded, and where the mechanism is differentially private epsilon, delta and the adjacency they
   hold for (a non-empty ``adjacency`` is what marks a DP mechanism), composed over every release the client made;
 - ``federation``: its server side over training rounds (``giabench.federation``), which a defense with server state
-  (a running estimator, a score vector, a hypernetwork) replaces.
+  (a running estimator, a score vector, a hypernetwork) replaces;
+- ``parameters`` and ``check(params, protocol, batch_size)``: each parameter documented with its range, and every
+  value checked once, with the protocol and batch size it will serve, before a constructor sees it
+  (``giabench.components``), so a constructor only builds.
 """
 
 from __future__ import annotations
@@ -24,14 +28,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from giabench import checks
+from giabench.checks import Param
 from giabench.errors import ConfigError
 from giabench.federation import Federation
 from giabench.privacy import Release
 from giabench.protocols import GradRule, Orders, Protocol, Update
+
+if TYPE_CHECKING:
+    from giabench.components import Component
 
 Simulate = Callable[..., Update]  # simulate(x, y) or, for a client that honours them, simulate(x, y, orders=...)
 Progress = Callable[[int], None]
@@ -69,7 +79,8 @@ class Attack:
     """Base class. Subclasses set the metadata below and implement ``reconstruct``.
 
     ``needs`` lists capabilities of ``giabench.threats`` the attack always uses; ``requirements`` adds those its
-    parameters imply (``parameter_needs``) and the training details needed to simulate local steps."""
+    parameters imply (``parameter_needs``) and the training details needed to simulate local steps. ``parameters``
+    documents each constructor keyword (one line and its range, ``giabench describe``)."""
 
     family = "optimization"  # optimization | generative | analytic | label
     title = ""  # the name a report uses (default: the registered name)
@@ -77,6 +88,13 @@ class Attack:
     assumes = ""  # one line for `giabench list attacks`
     budget_unit = "iterations"
     closed_form: bool | None = None  # the gate judges a closed-form result exactly; None: by family (analytic, label)
+    parameters: dict[str, Param] = {}
+
+    @classmethod
+    def check(cls, params: dict) -> None:
+        """Refuse values outside their declared ranges; an attack with rules that tie parameters together adds
+        them. ``params`` are resolved (every keyword present, typed)."""
+        checks.declared(f"attack {getattr(cls, 'registered_name', cls.__name__)}", cls.parameters, params)
 
     @classmethod
     def for_audit(cls, level: str, shape: tuple[int, ...]) -> dict:
@@ -132,18 +150,22 @@ class Client:
     #: or splits the batch: a shuffling protocol is then refused rather than silently run in order)
     shuffles = True
 
+    parameters: dict[str, Param] = {}
+
     def __init__(self, protocol: Protocol):
-        if not self.shuffles and getattr(protocol, "shuffle", False):
-            name = getattr(self, "registered_name", type(self).__name__)
-            raise ConfigError(f"defense {name} trains in a fixed order: protocol fedavg with shuffle: true is not "
-                              "modelled for it", field="shuffle")
         self.protocol = protocol
         self.public: dict = {}
         self.releases: list[Release] = []  # DP releases of every share() so far (empty: not a DP mechanism)
 
     @classmethod
-    def check_cell(cls, params: dict, protocol: str, batch_size: int) -> None:
-        """Refuse, before any cell runs, a protocol or batch size the defense cannot serve."""
+    def check(cls, params: dict, protocol: Component, batch_size: int) -> None:
+        """Refuse values outside their declared ranges, and a protocol or batch size the defense cannot serve, before
+        any cell runs; a defense with rules that tie parameters together, or with more protocol needs, adds them."""
+        name = getattr(cls, "registered_name", cls.__name__)
+        checks.declared(f"defense {name}", cls.parameters, params)
+        if not cls.shuffles and protocol.params.get("shuffle", False):
+            raise ConfigError(f"defense {name} trains in a fixed order: protocol fedavg with shuffle: true is not "
+                              "modelled for it", field="shuffle")
 
     @classmethod
     def round_params(cls, params: dict, round_index: int) -> dict:

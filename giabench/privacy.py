@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import math
 
+from giabench.checks import Param
 from giabench.errors import ConfigError
 
 ADJACENCIES = ("add-remove", "replace-one")
 Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps): one entry of an accountant's history
 
+#: the parameters every DP defense documents alike
+ADJACENCY = Param("the neighbouring datasets epsilon holds for: one record added or removed, or one replaced",
+                  choices=ADJACENCIES)
+DELTA = Param("delta of the reported (epsilon, delta)", above=0, below=1)
+
 
 def check_adjacency(name: str, adjacency: str, sample_rate: float = 1.0) -> None:
-    if adjacency not in ADJACENCIES:
-        raise ConfigError(f"defense {name}: adjacency must be one of {', '.join(ADJACENCIES)}, got {adjacency!r}")
+    """Refuse replace-one adjacency with Poisson subsampling (the accountant's subsampled bound is add-remove's)."""
     if adjacency == "replace-one" and sample_rate < 1:
         raise ConfigError(f"defense {name}: the accountant's subsampled bound holds for add-remove adjacency only; "
-                          "use sample_rate 1 with replace-one")
+                          "use sample_rate 1 with replace-one", field="adjacency")
 
 
 def dp_cost(releases: list[Release], rounds: int, delta: float, adjacency: str) -> dict:

@@ -12,7 +12,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,13 +20,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from giabench import __version__, data, executors, metrics, models, numerics, protocols, threats
-from giabench.contracts import ServerView
+from giabench import __version__, data, executors, metrics, models, numerics, threats
+from giabench.components import MODEL_SETTINGS, Component
+from giabench.contracts import Reconstruction, ServerView
 from giabench.errors import ConfigError, GiabenchError, NotApplicable, first_line
 from giabench.images import image_grid
-from giabench.registry import attacks, datasets, defenses
+from giabench.progress import Board, Reporter, reported
+from giabench.registry import datasets
 from giabench.store import Store, exclusive
 from giabench.suite import Cell, Suite
+
+Result = tuple[dict, list[dict], np.ndarray | None]  # a cell's row, its per-image rows, its image grid (or None)
 
 
 @dataclass(frozen=True)
@@ -54,18 +58,19 @@ def pick_device(name: str) -> str:
     return name
 
 
-def _dataset(config: dict, env: Environment) -> data.ImageSet:
-    params = component_params(config, "dataset")
-    name = config["dataset"]["name"]
-    if not name.startswith("folder:") and "root" in datasets.defaults(name):
+def load_dataset(dataset: Component, env: Environment) -> data.ImageSet:
+    """The cell's dataset; a real dataset's ``root`` and ``download`` default to the environment's."""
+    params = dict(dataset.params)
+    if not dataset.name.startswith("folder:") and "root" in datasets.defaults(dataset.name):
         params["root"] = params.get("root") or env.data_root
         params["download"] = params.get("download") or env.download
-    return data.load(name, **params)
+    return data.load(dataset.name, **params)
 
 
-def component_params(config: dict, component: str, *drop: str) -> dict:
-    """A component's parameters without its name (and without ``drop``)."""
-    return {k: v for k, v in config[component].items() if k not in ("name", *drop)}
+def build_model(model: Component, imageset: data.ImageSet, seed: int, state: str | None = None) -> models.Classifier:
+    """The broadcast model of ``model``'s architecture for ``imageset`` in its state (or ``state``), in its mode."""
+    net = models.build(model.name, model.without(*MODEL_SETTINGS), imageset, state or model.params["state"], seed)
+    return net.train(model.params["mode"] == "train")
 
 
 def _seeded(seed: int, stream: int) -> torch.Generator:
@@ -73,109 +78,115 @@ def _seeded(seed: int, stream: int) -> torch.Generator:
 
 
 def validate(cells: list[Cell], env: Environment) -> None:
-    """Check every cell before the first one runs: its dataset loads and holds its batch, its model builds for that
-    data (and loads its checkpoint), its defense serves its protocol and batch size. Errors name the suite file and
-    the line of the offending field."""
+    """Check every cell, beyond what its suite checked, before the first one runs: its dataset loads and holds its
+    batch, its model builds for that data (and loads its checkpoint). Errors name the suite file and the line of the
+    offending field."""
     built = set()
     for cell in cells:
-        c = cell.config
         try:
-            imageset = _dataset(c, env)
+            imageset = load_dataset(cell.dataset, env)
         except ConfigError as exc:
             raise ConfigError(f"{cell.at('dataset', exc.field)}: {exc}") from None
         try:
-            data.sample_index(imageset, c["batch_size"], c["seed"], c["selection"])
+            data.sample_index(imageset, cell.batch_size, cell.seed, cell.selection)
         except ConfigError as exc:
             raise ConfigError(f"{cell.at('batch_size')}: {exc}") from None
-        key = json.dumps([c["dataset"], c["model"]], sort_keys=True)
+        key = json.dumps([cell.dataset.config, cell.model.config], sort_keys=True)
         if key not in built:
             built.add(key)
-            state = c["model"]["state"]
+            state = cell.model.params["state"]
             try:  # trained:N is built untrained here: its training runs once, in the first cell that needs it
-                models.build(c["model"]["name"], component_params(c, "model", "state", "mode"), imageset,
-                             "untrained" if state.startswith("trained:") else state, 0)
+                build_model(cell.model, imageset, 0, "untrained" if state.startswith("trained:") else state)
             except ConfigError as exc:
                 raise ConfigError(f"{cell.at('model', exc.field)}: {exc}") from None
             except RuntimeError as exc:  # an architecture that cannot take these images
-                raise ConfigError(f"{cell.at('model')}: model {c['model']['name']} cannot take "
-                                  f"{c['dataset']['name']} images ({first_line(exc)})") from None
-        try:
-            defenses.get(c["defense"]["name"]).check_cell(component_params(c, "defense"), c["protocol"]["name"],
-                                                          c["batch_size"])
-        except ConfigError as exc:
-            raise ConfigError(f"{cell.at('defense', exc.field)}: {exc}") from None
+                raise ConfigError(f"{cell.at('model')}: model {cell.model.name} cannot take "
+                                  f"{cell.dataset.name} images ({first_line(exc)})") from None
 
 
-def run_cell(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[dict], np.ndarray]:
+@dataclass
+class Outcome:
+    """What attacking one message gave: ``status`` ok or not-applicable (with the reason in ``note``), the
+    reconstruction, what the attack reported (``extra``), its wall time and the defended client's cost."""
+
+    cost: dict
+    status: str = "ok"
+    note: str = ""
+    reconstruction: Reconstruction | None = None
+    extra: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    @classmethod
+    def not_applicable(cls, reason: str, cost: dict, details: dict | None = None, wall_s: float = 0.0) -> Outcome:
+        return cls(cost, "not-applicable", reason, extra=details or {}, wall_s=wall_s)
+
+
+def run_cell(cell: Cell, env: Environment, progress: Reporter | None = None) -> Result:
     """Run one cell under its pinned numerics; returns its result row, its per-image rows and the image grid
-    (H x W x C uint8)."""
+    (H x W x C uint8). ``progress`` hears the attack's planned budget, then its steps."""
     with numerics.pinned(env.device, env.threads):
         return _run_cell(cell, env, progress)
 
 
-def _run_cell(cell: Cell, env: Environment, progress) -> tuple[dict, list[dict], np.ndarray]:
-    config, seed = cell.config, cell.config["seed"]
+def _run_cell(cell: Cell, env: Environment, progress: Reporter | None) -> Result:
+    seed = cell.seed
     device = torch.device(env.device)
-    imageset = _dataset(config, env)
-    index = data.sample_index(imageset, config["batch_size"], seed, config["selection"])
+    imageset = load_dataset(cell.dataset, env)
+    index = data.sample_index(imageset, cell.batch_size, seed, cell.selection)
     x, y = imageset.images[index].to(device), imageset.labels[index].to(device)
-    model_cfg = component_params(config, "model", "state", "mode")
-    model = models.build(config["model"]["name"], model_cfg, imageset, config["model"]["state"], seed).to(device)
-    model.train(config["model"]["mode"] == "train")
-    threat = config["threat_model"]
-    others = surrogate(imageset, index) if threats.grants(threat, "surrogate-data") else None
-    attack_cfg = component_params(config, "attack")
-    attacker = attacks.get(config["attack"]["name"])(**attack_cfg)
-    status, note, recon, extra = "ok", "", None, {}
+    model = build_model(cell.model, imageset, seed).to(device)
+    others = surrogate(imageset, index) if threats.grants(cell.threat_model, "surrogate-data") else None
+    attacker = cell.attack.build()
+    if progress:
+        progress.begin(attacker.planned_budget())
+    refused = None
     try:
-        model = attacker.prepare(model, imageset.shape, others, _seeded(seed, 3), config["batch_size"])
+        model = attacker.prepare(model, imageset.shape, others, _seeded(seed, 3), cell.batch_size)
     except NotApplicable as exc:
-        status, note, extra = "not-applicable", str(exc), exc.details
-    protocol_cfg = component_params(config, "protocol")
-    protocol = protocols.build(config["protocol"]["name"], protocol_cfg, model)
-    defense_cfg = component_params(config, "defense")
-    client = defenses.get(config["defense"]["name"])(protocol, **defense_cfg)
+        refused = exc
+    protocol = cell.protocol.build(model)
+    client = cell.defense.build(protocol)
     message = client.share(x, y, _seeded(seed, 1))
-
+    if refused is not None:
+        return result_row(cell, env, Outcome.not_applicable(str(refused), client.cost(), refused.details), (x, y))
     statistics = None
-    if threats.grants(threat, "bn-statistics"):
+    if threats.grants(cell.threat_model, "bn-statistics"):
         with torch.no_grad():
             statistics = protocol.batch_statistics(x)
+    labels = y.detach().cpu() if threats.grants(cell.threat_model, "labels") else None
     view = ServerView(model, protocol, message, dict(client.public), imageset.shape, imageset.num_classes,
-                      x.shape[0], y.detach().cpu() if threats.grants(threat, "labels") else None, others, statistics)
-    if status == "ok":
-        status, note, recon, extra, wall = attack_view(attacker, view, client, _seeded(seed, 2), progress)
-    else:
-        wall = 0.0
-    return result_row(cell, env, x, y, recon, status, note, extra, wall, client.cost())
+                      x.shape[0], labels, others, statistics)
+    outcome = attack_view(attacker, view, client, _seeded(seed, 2), progress.advance if progress else None)
+    return result_row(cell, env, outcome, (x, y))
 
 
-def attack_view(attacker, view: ServerView, client, generator: torch.Generator, progress=None):
-    """Run ``attacker`` on ``view``: (status, note, reconstruction or None, extra, seconds); an attack that finds the
-    message not applicable gives status ``not-applicable`` with its reason."""
+def attack_view(attacker, view: ServerView, client, generator: torch.Generator, progress=None) -> Outcome:
+    """Run ``attacker`` on ``view``; an attack that finds the message not applicable gives status
+    ``not-applicable`` with its reason."""
     start = time.perf_counter()
     try:
         recon = attacker.reconstruct(view, client.simulate, generator, progress)
-        status, note, extra = "ok", "", recon.extra
     except NotApplicable as exc:
-        status, note, recon, extra = "not-applicable", str(exc), None, exc.details
+        return Outcome.not_applicable(str(exc), client.cost(), exc.details, time.perf_counter() - start)
     wall = time.perf_counter() - start
-    if recon is not None and recon.images is not None and not torch.isfinite(recon.images).all():
+    if recon.images is not None and not torch.isfinite(recon.images).all():
         raise FloatingPointError("the attack returned NaN or infinite pixels")
-    return status, note, recon, extra, wall
+    return Outcome(client.cost(), reconstruction=recon, extra=recon.extra, wall_s=wall)
 
 
-def result_row(cell: Cell, env: Environment, x: torch.Tensor | None, y: torch.Tensor | None, recon, status: str,
-               note: str, extra: dict, wall: float, cost: dict) -> tuple[dict, list[dict], np.ndarray]:
-    """A finished cell's row, per-image rows and image grid. Without the private batch (``x`` None: a server that does
-    not know it) the reconstructions are kept unscored: NaN metrics, the grid's top row blank."""
-    if x is None:
+def result_row(cell: Cell, env: Environment, outcome: Outcome,
+               batch: tuple[torch.Tensor, torch.Tensor] | None) -> Result:
+    """A finished cell's row, per-image rows and image grid, scored against the private ``batch``. Without it (a
+    server that does not know it) the reconstructions are kept unscored: NaN metrics, the grid's top row blank."""
+    recon = outcome.reconstruction
+    if batch is None:
         summary = {k: math.nan for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc")}
         summary.update(exact=None, lpips_source="unscored")
         image_rows, shown = [], recon.images.cpu() if recon and recon.images is not None else None
         grid = image_grid(torch.ones_like(shown), shown) if shown is not None else None
         distinct = None
     else:
+        x, y = batch
         if recon is None:
             summary, image_rows, order = metrics.score(None, None, x, y)
             summary["lpips_source"] = "not applicable"
@@ -183,11 +194,13 @@ def result_row(cell: Cell, env: Environment, x: torch.Tensor | None, y: torch.Te
             summary, image_rows, order = metrics.score(recon.images, recon.labels, x, y, recovered=recon.recovered)
         shown = recon.images[order].cpu() if recon and recon.images is not None else torch.ones_like(x.cpu())
         grid, distinct = image_grid(x.cpu(), shown), len(set(y.tolist()))
+    cost = outcome.cost
     row = {
         **identity(cell, env), "distinct_labels": distinct,
         **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc", "exact")},
-        "lpips_source": summary["lpips_source"], "iterations": recon.iterations if recon else 0, "wall_s": wall,
-        "status": status, "note": note, "extra": extra, "trace": [float(v) for v in recon.trace] if recon else [],
+        "lpips_source": summary["lpips_source"], "iterations": recon.iterations if recon else 0,
+        "wall_s": outcome.wall_s, "status": outcome.status, "note": outcome.note, "extra": outcome.extra,
+        "trace": [float(v) for v in recon.trace] if recon else [],
         "epsilon": cost["epsilon"], "delta": cost["delta"], "adjacency": cost["adjacency"], "bytes": cost["bytes"],
     }
     return row, image_rows, grid
@@ -195,27 +208,25 @@ def result_row(cell: Cell, env: Environment, x: torch.Tensor | None, y: torch.Te
 
 def identity(cell: Cell, env: Environment) -> dict:
     """The columns that say which cell a row is and how it was computed."""
-    config = cell.config
     return {
-        "cell": cell.id, "attack": config["attack"]["name"], "defense": config["defense"]["name"],
-        "dataset": config["dataset"]["name"], "model": config["model"]["name"],
-        "protocol": config["protocol"]["name"], "batch_size": config["batch_size"], "seed": config["seed"],
-        "selection": config["selection"], "threat_model": config["threat_model"],
-        "attack_params": component_params(config, "attack"), "defense_params": component_params(config, "defense"),
-        "model_params": component_params(config, "model"), "protocol_params": component_params(config, "protocol"),
+        "cell": cell.id, "attack": cell.attack.name, "defense": cell.defense.name, "dataset": cell.dataset.name,
+        "model": cell.model.name, "protocol": cell.protocol.name, "batch_size": cell.batch_size, "seed": cell.seed,
+        "selection": cell.selection, "threat_model": cell.threat_model,
+        "attack_params": cell.attack.params, "defense_params": cell.defense.params,
+        "model_params": cell.model.params, "protocol_params": cell.protocol.params,
         **env.numerics, "hardware": numerics.hardware(env.device),
         "versions": {"giabench": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "config": config,
+        "config": cell.config,
     }
 
 
-def failed_result(cell: Cell, env: Environment, exc: BaseException) -> tuple[dict, list[dict], None]:
+def failed_result(cell: Cell, env: Environment, exc: BaseException) -> Result:
     """The result of a cell that raised: status ``failed``, the exception's type and first line as the note."""
     reason = f"{type(exc).__name__}: {first_line(exc)}"
     return {**identity(cell, env), "status": "failed", "note": reason.rstrip(": ")}, [], None
 
 
-def run_cell_safely(cell: Cell, env: Environment, progress=None) -> tuple[dict, list[dict], np.ndarray | None]:
+def run_cell_safely(cell: Cell, env: Environment, progress: Reporter | None = None) -> Result:
     """``run_cell``, with any failure inside the cell (an attack that raises, diverges to NaN, runs out of memory)
     turned into a result with status ``failed`` and the reason, so the suite goes on."""
     try:
@@ -224,7 +235,7 @@ def run_cell_safely(cell: Cell, env: Environment, progress=None) -> tuple[dict, 
         return failed_result(cell, env, exc)
 
 
-def store_result(store: Store, out: Path, suite_name: str, cell: Cell, result) -> None:
+def store_result(store: Store, out: Path, suite_name: str, cell: Cell, result: Result) -> None:
     """Write a finished cell's image grid under ``out/images`` and its row (stamped with the suite and the time) and
     per-image rows into ``store``."""
     row, images, grid = result
@@ -267,29 +278,23 @@ def run_suite(suite: Suite, out: str | Path, env: Environment, workers: int = 1,
         done = store.finished()
         todo = [c for c in suite.cells if c.id not in done]
         validate(todo, env)
-        from tqdm import tqdm
+        board = Board(len(suite.cells), len(suite.cells) - len(todo), f"suite {suite.name}", show_progress)
+        shown = board if show_progress else None
 
-        bar = tqdm(total=len(suite.cells), initial=len(suite.cells) - len(todo), desc=f"suite {suite.name}",
-                   unit="cell", disable=not show_progress, position=0)
-
-        def finish(cell: Cell, result) -> None:
+        def finish(cell: Cell, result: Result) -> None:
             store_result(store, out, suite.name, cell, result)
-            bar.update(1)
+            board.finished()
 
         try:
             if executor == "ray":
-                executors.on_ray(todo, run_cell_safely, env, address, finish)
+                executors.on_ray(todo, run_cell_safely, env, address, finish, shown)
             elif workers <= 1:
                 for cell in todo:
-                    total = attacks.get(cell.config["attack"]["name"])(**component_params(cell.config, "attack")) \
-                        .planned_budget()
-                    with tqdm(total=total or None, desc=cell.label, unit="it", leave=False, position=1,
-                              disable=not show_progress) as inner:
-                        finish(cell, run_cell_safely(cell, env, inner.update))
+                    finish(cell, reported(run_cell_safely, cell, env, shown and shown.handle, every=0.0))
             else:
-                executors.in_pool(todo, run_cell_safely, env, workers, finish)
+                executors.in_pool(todo, run_cell_safely, env, workers, finish, shown)
         finally:
-            bar.close()
+            board.close()
     return store
 
 

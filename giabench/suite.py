@@ -15,9 +15,12 @@
       defenses: [{name: dp-sgd, noise_multiplier: 1.0}]
 
 A component (dataset, model, protocol, defense, attack) is a name or a mapping with ``name`` and parameters; a grid
-entry without ``name`` updates the default component's parameters. A cell's identity is a hash of its resolved
-config and the package version. Every error names the file and the line of the offending value (a parameter's own
-line where it has one); duplicate keys are refused. The suite's ``name`` becomes a folder name only as a slug.
+entry without ``name`` updates the default component's parameters. Expanding the grid resolves and validates every
+component once (``giabench.components``: defaults, types, ranges, the defense against its protocol and batch size),
+so a ``Cell`` holds typed components the runner builds without a second check. A cell's identity is a hash of its
+resolved config and the package version. Every error names the file and the line of the offending value (a
+parameter's own line where it has one); duplicate keys are refused. The suite's ``name`` becomes a folder name only
+as a slug.
 """
 
 from __future__ import annotations
@@ -27,17 +30,17 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from giabench import __version__, data, protocols, threats
+from giabench import __version__, components, data, threats
+from giabench.components import Component
 from giabench.errors import ConfigError
-from giabench.models import MODES, check_state
-from giabench.registry import attacks, defenses, models
 from giabench.utility_config import config_from_mapping
 from giabench.yamlfile import Located, packaged, parse_yaml, read_spec
 
-COMPONENTS = ("dataset", "model", "protocol", "defense", "attack")
+COMPONENTS = components.KINDS
 SCALARS = {"batch_size": int, "seed": int, "selection": str, "threat_model": str}
 CELL_KEYS = COMPONENTS + tuple(SCALARS)
 BASE = {"dataset": {"name": "cifar10-sample"}, "model": {"name": "convnet", "state": "untrained"},
@@ -47,9 +50,35 @@ BASE = {"dataset": {"name": "cifar10-sample"}, "model": {"name": "convnet", "sta
 
 @dataclass(frozen=True)
 class Cell:
-    config: dict
-    id: str
-    where: dict = field(default_factory=dict, compare=False)  # field -> "file:line" it came from (for errors)
+    """One experiment: five resolved components and the client's batch size, seed, batch selection and threat
+    model. ``context`` adds identity fields of a cell made outside a suite (the Flower recorder's round and client);
+    ``where`` maps a field to the ``file:line`` it came from (for errors)."""
+
+    dataset: Component
+    model: Component
+    protocol: Component
+    defense: Component
+    attack: Component
+    batch_size: int
+    seed: int
+    selection: str
+    threat_model: str
+    context: dict = field(default_factory=dict)
+    where: dict = field(default_factory=dict, compare=False)
+
+    @cached_property
+    def config(self) -> dict:
+        """The resolved configuration, as the cell's id hashes it and the store records it."""
+        return {**{c.kind: c.config for c in self.components}, "batch_size": self.batch_size, "seed": self.seed,
+                "selection": self.selection, "threat_model": self.threat_model, **self.context}
+
+    @cached_property
+    def id(self) -> str:
+        return cell_id(self.config)
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        return self.dataset, self.model, self.protocol, self.defense, self.attack
 
     def at(self, key: str, parameter: str | None = None) -> str:
         """Where ``key``'s value (or its ``parameter``) was written: ``file:line``, else the suite's source."""
@@ -57,9 +86,8 @@ class Cell:
 
     @property
     def label(self) -> str:
-        c = self.config
-        return (f"{c['attack']['name']} vs {c['defense']['name']} on {c['model']['name']}/{c['dataset']['name']} "
-                f"B={c['batch_size']} seed={c['seed']}")
+        return (f"{self.attack.name} vs {self.defense.name} on {self.model.name}/{self.dataset.name} "
+                f"B={self.batch_size} seed={self.seed}")
 
 
 @dataclass
@@ -113,7 +141,7 @@ def expand(doc: dict, source: str = "<suite>") -> Suite:
         base[key] = _merge(BASE.get(key), value, key, default_wheres[key])
     grids = doc.get("grid") or [{}]
     grids = grids if isinstance(grids, list) else [grids]
-    cells, seen = [], set()
+    cells, seen, needs = [], set(), {}
     for grid in grids:
         if not isinstance(grid, dict):
             raise ConfigError(f"{source}: each grid must be a mapping of field -> list of values")
@@ -129,10 +157,9 @@ def expand(doc: dict, source: str = "<suite>") -> Suite:
             for key, value, where in combo:
                 raw[key] = _merge(base.get(key), value, key, where)
             wheres = {**default_wheres, **{key: where for key, _, where in combo}}
-            config = resolve(raw, wheres, source)
             parameters = {f"{key}.{p}": f"{source}:{line}" for key in COMPONENTS
                           for p, line in getattr(raw[key], "lines", {}).items() if p != "__self__"}
-            cell = Cell(config, cell_id(config), {"": source, **wheres, **parameters})
+            cell = resolve(raw, wheres, source, needs, {"": source, **wheres, **parameters})
             if cell.id not in seen:
                 seen.add(cell.id)
                 cells.append(cell)
@@ -171,59 +198,35 @@ def _field_where(mapping: Any, parameter: str | None, where: str, source: str) -
     return f"{source}:{line}" if line else where
 
 
-def resolve(raw: dict, wheres: dict, source: str) -> dict:
-    """Validate every component and fill in its defaults."""
-    config = {}
-    for key in COMPONENTS:
-        where = wheres.get(key, source)
-        params = {k: v for k, v in raw[key].items() if k != "name"}
-        name = raw[key].get("name")
-        if not isinstance(name, str):
-            raise ConfigError(f"{where}: {key}.name must be a string")
-        try:
-            config[key] = {"name": name, **_resolve_component(key, name, params)}
-        except ConfigError as exc:
-            raise ConfigError(f"{_field_where(raw[key], exc.field, where, source)}: {exc}") from exc
-    for key in SCALARS:
-        config[key] = raw[key]
-    if config["seed"] < 0:
-        raise ConfigError(f"{wheres.get('seed', source)}: seed must be >= 0, got {config['seed']}")
-    where = wheres.get("batch_size", source)
-    if config["batch_size"] < 1:
-        raise ConfigError(f"{where}: batch_size must be at least 1")
-    if config["selection"] not in data.SELECTIONS:
+def resolve(raw: dict, wheres: dict, source: str, needs: dict, where: dict) -> Cell:
+    """The cell of one grid point, every component resolved and validated; the threat model checked against what
+    the attack needs (``needs`` caches that per attack setting and protocol: the attack is constructed once per
+    setting to say it). ``where``: the cell's field -> ``file:line`` map."""
+    if raw["seed"] < 0:
+        raise ConfigError(f"{wheres.get('seed', source)}: seed must be >= 0, got {raw['seed']}")
+    if raw["batch_size"] < 1:
+        raise ConfigError(f"{wheres.get('batch_size', source)}: batch_size must be at least 1")
+    if raw["selection"] not in data.SELECTIONS:
         raise ConfigError(f"{wheres.get('selection', source)}: selection must be one of "
-                          f"{', '.join(data.SELECTIONS)}, got {config['selection']!r}")
-    attack = config["attack"]
-    try:  # constructing the attack checks its values; its parameters say what it needs
-        instance = attacks.get(attack["name"])(**{k: v for k, v in attack.items() if k != "name"})
-    except ConfigError as exc:
-        where = _field_where(raw["attack"], exc.field, wheres.get("attack", source), source)
-        raise ConfigError(f"{where}: {exc}") from exc
-    needs = instance.requirements(config["protocol"]["name"])
-    if config["threat_model"]:
+                          f"{', '.join(data.SELECTIONS)}, got {raw['selection']!r}")
+    resolved: dict[str, Component] = {}
+    for key in COMPONENTS:
+        context = {"protocol": resolved["protocol"], "batch_size": raw["batch_size"]} if key == "defense" else {}
         try:
-            threats.check(config["threat_model"], needs, attack["name"])
+            resolved[key] = components.from_config(key, raw[key], **context)
+        except ConfigError as exc:
+            raise ConfigError(f"{_field_where(raw[key], exc.field, wheres.get(key, source), source)}: {exc}") from exc
+    attack, protocol = resolved["attack"], resolved["protocol"].name
+    key = json.dumps([attack.config, protocol], sort_keys=True, default=str)
+    if key not in needs:
+        needs[key] = attack.build().requirements(protocol)
+    threat_model = raw["threat_model"]
+    if threat_model:
+        try:
+            threats.check(threat_model, needs[key], attack.name)
         except ConfigError as exc:
             raise ConfigError(f"{wheres.get('threat_model', wheres.get('attack', source))}: {exc}") from exc
     else:
-        config["threat_model"] = threats.minimal(needs)
-    return config
-
-
-def _resolve_component(key: str, name: str, params: dict) -> dict:
-    if key == "dataset":
-        return data.resolve_params(name, params, f"dataset {name}")
-    if key == "protocol":
-        return protocols.resolve_params(name, params, f"protocol {name}")
-    if key == "model":
-        state, mode = params.pop("state", "untrained"), params.pop("mode", "eval")
-        check_state(state, f"model {name}")
-        if mode not in MODES:
-            raise ConfigError(f"model {name}: mode must be one of {', '.join(MODES)}, got {mode!r}")
-        return {"state": state, "mode": mode, **models.resolve(name, params, f"model {name}")}
-    if key == "defense":
-        resolved = defenses.resolve(name, params, f"defense {name}")
-        defenses.get(name)(None, **resolved)  # constructors check their values before touching the protocol
-        return resolved
-    return attacks.resolve(name, params, f"attack {name}")
+        threat_model = threats.minimal(needs[key])
+    return Cell(**resolved, batch_size=raw["batch_size"], seed=raw["seed"], selection=raw["selection"],
+                threat_model=threat_model, where=where)

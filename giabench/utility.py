@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from giabench import data, models, numerics, protocols
+from giabench import components, data, models, numerics
+from giabench.components import MODEL_SETTINGS, Component
 from giabench.errors import ConfigError
 from giabench.federation import load_parameters
-from giabench.registry import defenses
 from giabench.utility_config import UTILITY_COLUMNS, UtilityConfig, fingerprint
 
 
@@ -45,19 +45,12 @@ def _imageset(cfg: UtilityConfig) -> data.ImageSet:
     return data.load(cfg.dataset, **({"root": cfg.data_root} if cfg.data_root else {}))
 
 
-def train(cfg: UtilityConfig, defense: dict) -> dict:
+def train(cfg: UtilityConfig, defense: Component) -> dict:
     """One federated training run under ``defense``; returns its utility row."""
     imageset = _imageset(cfg)
     test, shards = split(imageset, cfg.clients, cfg.test_fraction, cfg.seed)
-    model_params = {k: v for k, v in cfg.model.items() if k not in ("name", "state", "mode")}
-    model = models.build(cfg.model["name"], model_params, imageset, "untrained", cfg.seed)
-    model.train(cfg.model.get("mode", "eval") == "train")
-    proto_name = cfg.protocol["name"]
-    proto_params = protocols.resolve_params(proto_name, {k: v for k, v in cfg.protocol.items() if k != "name"},
-                                            "utility protocol")
-    name = defense["name"]
-    params = defenses.resolve(name, {k: v for k, v in defense.items() if k != "name"}, f"utility defense {name}")
-    factory = defenses.get(name)
+    model = models.build(cfg.model.name, cfg.model.without(*MODEL_SETTINGS), imageset, "untrained", cfg.seed)
+    model.train(cfg.model.params["mode"] == "train")
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def draw(k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,8 +58,7 @@ def train(cfg: UtilityConfig, defense: dict) -> dict:
         return imageset.images[pick], imageset.labels[pick]
 
     start = time.perf_counter()
-    federation = factory.federation(factory, params, model, (proto_name, proto_params), cfg.clients, cfg.rounds,
-                                    cfg.server_lr)
+    federation = defense.factory.federation(defense, model, cfg.protocol, cfg.clients, cfg.rounds, cfg.server_lr)
     for r in range(cfg.rounds):
         federation.round(r, draw, gen)
     scores = []
@@ -74,8 +66,9 @@ def train(cfg: UtilityConfig, defense: dict) -> dict:
         load_parameters(model, weights)
         scores.append(accuracy(model, imageset, test))
     cost = federation.cost()
-    return {"defense": name, "defense_params": params, "dataset": cfg.dataset, "model": cfg.model["name"],
-            "protocol": proto_name, "clients": cfg.clients, "rounds": cfg.rounds, "batch": cfg.batch,
+    return {"defense": defense.name, "defense_params": defense.params, "dataset": cfg.dataset,
+            "model": cfg.model.name, "protocol": cfg.protocol.name, "clients": cfg.clients, "rounds": cfg.rounds,
+            "batch": cfg.batch,
             "accuracy": sum(scores) / len(scores), "bytes_per_round": federation.uploaded / cfg.rounds,
             "wall_per_round_s": (time.perf_counter() - start) / cfg.rounds, "epsilon": cost["epsilon"],
             "delta": cost["delta"], "adjacency": cost["adjacency"], "seed": cfg.seed}
@@ -92,7 +85,8 @@ def run(cfg: UtilityConfig, out: str | Path, show_progress: bool = True, threads
     (``giabench.numerics``), and write ``utility.csv``."""
     from tqdm import tqdm
 
-    settings = [{"name": "none"}] + [d for d in cfg.defenses if d != {"name": "none"}]
+    reference = components.defense("none", {}, cfg.protocol, cfg.batch)
+    settings = [reference] + [d for d in cfg.defenses if d != reference]
     numerics.settings("cpu", threads)
     check_data(cfg)
     with numerics.pinned("cpu", threads):

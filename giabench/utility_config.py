@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from giabench import data, protocols
+from giabench import components
+from giabench.components import Component
 from giabench.errors import ConfigError
-from giabench.models import MODES
-from giabench.registry import defenses, models
 from giabench.yamlfile import packaged, parse_yaml, read_spec
 
 UTILITY_COLUMNS = ["defense", "defense_params", "dataset", "model", "protocol", "clients", "rounds", "batch",
@@ -22,28 +21,36 @@ UTILITY_COLUMNS = ["defense", "defense_params", "dataset", "model", "protocol", 
 
 @dataclass
 class UtilityConfig:
-    dataset: str = "mnist-5k"
-    model: dict = field(default_factory=lambda: {"name": "mlp", "width": 64})
-    protocol: dict = field(default_factory=lambda: {"name": "fedavg"})  # the protocol's own defaults fill the rest
+    """A validated utility run (``config_from_mapping`` makes one): the model, protocol and defenses are resolved
+    components, each defense checked against the protocol and the clients' ``batch``."""
+
+    dataset: str
+    model: Component
+    protocol: Component
+    defenses: list[Component]
     clients: int = 4
     rounds: int = 20
     batch: int = 32
     server_lr: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
-    defenses: list = field(default_factory=lambda: [{"name": "none"}])
     data_root: str = ""
+
+
+#: what a field left out is (``defenses`` left out: the undefended reference alone)
+DEFAULTS = {"dataset": "mnist-5k", "model": {"name": "mlp", "width": 64}, "protocol": {"name": "fedavg"},
+            "defenses": [{"name": "none"}],
+            **{f.name: f.default for f in dataclasses.fields(UtilityConfig) if f.default is not dataclasses.MISSING}}
+KNOWN = [f.name for f in dataclasses.fields(UtilityConfig)]
+EMPTY = "is empty; give at least the defenses to price, e.g. defenses: [none, {name: dp-sgd, noise_multiplier: 1.0}]"
 
 
 def load_config(spec: str | Path) -> UtilityConfig:
     """A utility YAML file by path, or one shipped in ``giabench/suites/utility`` by name (safe YAML, duplicate keys
-    refused); unknown keys and bad values are named."""
+    refused); unknown keys and bad values are named; an empty file is refused as an empty mapping is."""
     text, source = read_spec(str(spec), "suites/utility", "utility config")
     raw = parse_yaml(text, source)
-    if raw is None:
-        raise ConfigError(f"utility config {source}: is empty; give at least the defenses to price, e.g. "
-                          "defenses: [none, {name: dp-sgd, noise_multiplier: 1.0}]")
-    return config_from_mapping(raw, f"utility config {source}")
+    return config_from_mapping({} if raw is None else raw, f"utility config {source}")
 
 
 def packaged_configs() -> list[str]:
@@ -57,54 +64,58 @@ def description(spec: str) -> str:
 
 
 def config_from_mapping(raw, where: str) -> UtilityConfig:
-    """A ``UtilityConfig`` from a mapping (a utility file, or a suite's ``utility:`` section), every value checked."""
+    """A ``UtilityConfig`` from a mapping (a utility file, or a suite's ``utility:`` section), every value checked
+    and every component resolved once; an empty mapping is refused (it would price nothing but the reference)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
-    known = UtilityConfig.__dataclass_fields__
-    unknown = sorted(set(raw) - set(known) - {"name", "description"})
+    if not raw:
+        raise ConfigError(f"{where}: {EMPTY}")
+    unknown = sorted(set(raw) - set(KNOWN) - {"name", "description"})
     if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(known)}")
-    cfg = UtilityConfig(**{k: v for k, v in raw.items() if k in known})
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(KNOWN)}")
+    values = {**DEFAULTS, **{k: v for k, v in raw.items() if k in KNOWN}}
     for key in ("model", "protocol"):
-        value = getattr(cfg, key)
+        value = values[key]
         value = {"name": value} if isinstance(value, str) else value
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
             raise ConfigError(f"{where}: {key} must be a name or a mapping with 'name', got {value!r}")
-        setattr(cfg, key, dict(value))
-    if not isinstance(cfg.defenses, list) or not cfg.defenses:
-        raise ConfigError(f"{where}: defenses must be a non-empty list of defense names or mappings")
-    cfg.defenses = [{"name": d} if isinstance(d, str) else d for d in cfg.defenses]
+        values[key] = dict(value)
     for key in ("clients", "rounds", "batch", "seed"):
-        value, least = getattr(cfg, key), 0 if key == "seed" else 1
+        value, least = values[key], 0 if key == "seed" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ConfigError(f"{where}: {key} must be a whole number >= {least}, got {value!r}")
     for key, ok, rule in (("server_lr", lambda v: v > 0, "> 0"), ("test_fraction", lambda v: 0 < v < 1, "in (0, 1)")):
-        value = getattr(cfg, key)
+        value = values[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not ok(value):
             raise ConfigError(f"{where}: {key} must be a number {rule}, got {value!r}")
-    if not isinstance(cfg.dataset, str) or not isinstance(cfg.data_root, str):
+    if not isinstance(values["dataset"], str) or not isinstance(values["data_root"], str):
         raise ConfigError(f"{where}: dataset and data_root must be strings")
-    _check_components(cfg, where)
-    return cfg
+    if not isinstance(values["defenses"], list) or not values["defenses"]:
+        raise ConfigError(f"{where}: defenses must be a non-empty list of defense names or mappings")
+    return UtilityConfig(**{**values, **_components(values, where)})
 
 
-def _check_components(cfg: UtilityConfig, where: str) -> None:
-    """Names and parameters of the dataset, model, protocol and every defense, against their registries."""
-    data.resolve_params(cfg.dataset, {}, f"{where}: dataset {cfg.dataset}")
-    model = {k: v for k, v in cfg.model.items() if k not in ("name", "state", "mode")}
-    models.resolve(cfg.model["name"], model, f"{where}: model {cfg.model['name']}")
-    if cfg.model.get("mode", "eval") not in MODES:
-        raise ConfigError(f"{where}: model mode must be one of {', '.join(MODES)}, got {cfg.model['mode']!r}")
-    if cfg.model.get("state", "untrained") != "untrained":
+def _components(values: dict, where: str) -> dict:
+    """The dataset checked, the model, protocol and every defense resolved against their registries."""
+    try:
+        components.dataset(values["dataset"], {})
+        model = components.from_config("model", values["model"])
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}", field=exc.field) from None
+    if model.params["state"] != "untrained":
         raise ConfigError(f"{where}: the utility run trains the model from its seeded initialization; drop model "
                           "state")
-    protocols.resolve_params(cfg.protocol["name"], {k: v for k, v in cfg.protocol.items() if k != "name"},
-                             f"{where}: protocol {cfg.protocol['name']}")
-    for d in cfg.defenses:
-        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
-            raise ConfigError(f"{where}: every entry of defenses needs a name, got {d!r}")
-        params = defenses.resolve(d["name"], {k: v for k, v in d.items() if k != "name"}, f"{where}: defense")
-        defenses.get(d["name"])(None, **params)  # constructors check their values before touching the protocol
+    try:
+        protocol = components.from_config("protocol", values["protocol"])
+        defenses = []
+        for d in values["defenses"]:
+            d = {"name": d} if isinstance(d, str) else d
+            if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+                raise ConfigError(f"every entry of defenses needs a name, got {d!r}")
+            defenses.append(components.from_config("defense", d, protocol=protocol, batch_size=values["batch"]))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}", field=exc.field) from None
+    return {"model": model, "protocol": protocol, "defenses": defenses}
 
 
 def fingerprint(cfg: UtilityConfig) -> str:

@@ -38,3 +38,16 @@ def gaussian_epsilon():
                    for a in orders)
 
     return epsilon
+
+
+@pytest.fixture
+def resolve_defense():
+    """A defense's parameters checked as a suite checks them (``giabench.components``): its ranges, and its
+    protocol (fedsgd, or fedavg with one epoch of minibatches of 2) and batch size."""
+    from giabench import components
+
+    def resolve(name: str, protocol: str = "fedsgd", batch_size: int = 4, **params):
+        proto = {"epochs": 1, "batch_size": 2, "lr": 0.1} if protocol == "fedavg" else {}
+        return components.defense(name, params, components.protocol(protocol, proto), batch_size)
+
+    return resolve

@@ -7,8 +7,9 @@ import sys
 import pytest
 import yaml
 
-from giabench import cli
-from giabench.audit import battery, parse_defenses
+from giabench import components
+from giabench.app import audit, cli
+from giabench.app.audit import battery
 from giabench.errors import ConfigError
 
 MODULE = '''
@@ -120,6 +121,11 @@ def test_bad_inputs_exit_2_with_one_line(user_module, tmp_path, capsys, argument
 
 
 def test_defense_settings_parse_and_bad_ones_are_named():
+    def parse_defenses(text):
+        return audit.parse_defenses(text, components.protocol("fedsgd", {}), [1, 8])
+
+    with pytest.raises(ConfigError, match="--defenses: defense secagg: the batch \\(1\\) must hold at least one"):
+        parse_defenses("secagg")  # checked against every audited batch size
     assert parse_defenses("none,dp-sgd:noise_multiplier=0.5;clip=2,prune:fraction=0.9") == [
         {"name": "none"}, {"name": "dp-sgd", "noise_multiplier": 0.5, "clip": 2}, {"name": "prune", "fraction": 0.9}]
     with pytest.raises(ConfigError, match="NAME:KEY=VALUE"):

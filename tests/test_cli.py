@@ -63,6 +63,17 @@ def test_list_shows_names_and_parameters():
     assert "cifar10-sample" in _run("list", "datasets").stdout
 
 
+def test_describe_and_list_verbose_show_each_parameter_with_its_default_range_and_doc():
+    described = _run("describe", "dp-sgd")
+    assert described.returncode == 0
+    rows = {line.split()[0]: line for line in described.stdout.splitlines() if line[:1].isalpha()}
+    assert "1.0" in rows["clip"] and "> 0" in rows["clip"] and "per-sample gradient" in rows["clip"]
+    assert "one of add-remove, replace-one" in rows["adjacency"]
+    verbose = _run("list", "attacks", "--verbose").stdout
+    assert "iterations  1000" in verbose and "signed-Adam steps per restart" in verbose and ">= 1" in verbose
+    _assert_one_line_error(_run("describe", "deepleak"), "no component called 'deepleak'")
+
+
 def test_run_writes_the_leaderboard_and_show_finds_the_cell(tmp_path):
     path = _suite(tmp_path, """
         name: tiny
@@ -93,7 +104,8 @@ def test_a_bad_model_init_is_named(tmp_path):
 def test_every_option_has_help_and_the_version_is_printed(capsys):
     import argparse
 
-    from giabench import __version__, cli
+    from giabench import __version__
+    from giabench.app import cli
 
     parser = cli._parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

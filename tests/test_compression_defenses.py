@@ -104,19 +104,19 @@ def test_soteria_scores_are_the_reference_loops_and_prune_the_lowest_units(arch)
     assert all(torch.equal(shared[k], client.simulate(x, y)[k]) for k in shared)  # the attacker knows the mask
 
 
-def test_soteria_needs_a_shared_message_and_bad_values_are_refused():
+def test_soteria_needs_a_shared_message_and_bad_values_are_refused(resolve_defense):
     client = _client("soteria")
     x, y = data.sample(D, 1, seed=0)
     with pytest.raises(RuntimeError, match="call share"):
         client.simulate(x, y)
     with pytest.raises(ConfigError, match="fraction"):
-        _client("soteria", fraction=1.0)
+        resolve_defense("soteria", fraction=1.0)
     headless = models.Classifier(torch.nn.Flatten(), D.mean, D.std)  # no linear layer to defend
     with pytest.raises(ConfigError, match="no linear layer"):
         defenses.get("soteria")(protocols.build("fedsgd", {}, headless)).share(x, y, torch.Generator())
     with pytest.raises(ConfigError, match="scheme"):
-        _client("quantize", scheme="int3")
+        resolve_defense("quantize", scheme="int3")
     with pytest.raises(ConfigError, match="bits"):
-        _client("quantize", scheme="uniform", bits=1)
+        resolve_defense("quantize", scheme="uniform", bits=1)
     with pytest.raises(ConfigError, match="levels"):
-        _client("quantize", levels=0)
+        resolve_defense("quantize", levels=0)

@@ -71,7 +71,7 @@ def test_dp_sgd_epsilon_composes_every_local_step_and_round(gaussian_epsilon):
     assert client.cost()["epsilon"] == pytest.approx(gaussian_epsilon(1.0, 4 * 3, 1e-5), rel=1e-6)
 
 
-def test_replace_one_adjacency_doubles_the_sensitivity(gaussian_epsilon):
+def test_replace_one_adjacency_doubles_the_sensitivity(gaussian_epsilon, resolve_defense):
     x, y = data.sample(D, 1, seed=0)
     costs = {}
     for adjacency in ("add-remove", "replace-one"):
@@ -83,9 +83,9 @@ def test_replace_one_adjacency_doubles_the_sensitivity(gaussian_epsilon):
     assert costs["replace-one"]["epsilon"] == pytest.approx(gaussian_epsilon(0.5, 1, 1e-5), rel=1e-6)
     assert costs["replace-one"]["epsilon"] == pytest.approx(10.73, abs=0.01)
     with pytest.raises(ConfigError, match="replace-one"):
-        _client("dp-sgd", adjacency="replace-one", sample_rate=0.5)
+        resolve_defense("dp-sgd", adjacency="replace-one", sample_rate=0.5)
     with pytest.raises(ConfigError, match="adjacency must be one of"):
-        _client("dp-sgd", adjacency="swap")
+        resolve_defense("dp-sgd", adjacency="swap")
 
 
 def test_dp_sgd_poisson_sampling_is_unbiased_and_amplifies():
@@ -118,11 +118,11 @@ def test_gauss_noise_has_the_stated_scale():
     assert math.isinf(client.cost()["epsilon"])
 
 
-def test_bad_defense_values_are_refused():
+def test_bad_defense_values_are_refused(resolve_defense):
     with pytest.raises(ConfigError, match="fraction"):
-        _client("prune", fraction=1.0)
+        resolve_defense("prune", fraction=1.0)
     with pytest.raises(ConfigError, match=r"defense dp-sgd: clip must be > 0, got 0.0$"):
-        _client("dp-sgd", clip=0.0)
+        resolve_defense("dp-sgd", clip=0.0)
     with pytest.raises(ConfigError, match=r"defense dp-sgd: sample_rate must be in \(0, 1\], got 1.5$") as caught:
-        _client("dp-sgd", sample_rate=1.5)
+        resolve_defense("dp-sgd", sample_rate=1.5)
     assert caught.value.field == "sample_rate"  # one rule named, and the parameter a suite file can point at

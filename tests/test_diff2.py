@@ -56,11 +56,10 @@ def test_epsilon_matches_an_independent_rdp_computation():
     assert math.isclose(epsilon(5.0, 5.0, 10, 100, delta), 10.73, abs_tol=0.01)
 
 
-def test_bad_parameters_are_named():
+def test_bad_parameters_are_named(resolve_defense):
     with pytest.raises(ConfigError, match=r"rounds must be < period \(10\), got 10"):
-        _client(rounds=10, period=10)
+        resolve_defense("diff2", rounds=10, period=10)
     with pytest.raises(ConfigError, match="rounds must be >= 1 with view difference, got 0"):
-        _client(rounds=0, view="difference")
-    model = models.build("mlp", {"width": 16}, D, "untrained", 0)
+        resolve_defense("diff2", rounds=0, view="difference")
     with pytest.raises(ConfigError, match="needs protocol fedsgd"):
-        DIFF2(protocols.build("fedavg", {}, model))
+        resolve_defense("diff2", "fedavg")

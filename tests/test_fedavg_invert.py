@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from giabench import data, metrics, models, protocols
+from giabench import components, data, metrics, models, protocols
 from giabench.attacks import labels as label_methods
 from giabench.attacks.fedavg_invert import FedAvgInvert, epoch_prior, fuse
 from giabench.contracts import ServerView
@@ -35,11 +35,10 @@ def test_a_shuffling_client_visits_a_fresh_permutation_per_epoch_and_simulate_wi
 
 
 def test_defenses_with_their_own_training_loop_refuse_a_shuffling_protocol_naming_the_field():
-    model = models.build("mlp", {}, M, "untrained", 0)
-    proto = protocols.build("fedavg", {"epochs": 2, "batch_size": 2, "lr": 0.1, "shuffle": True}, model)
-    for name, params in (("secagg", {"clients": 2}), ("hidenseek", {})):
+    proto = components.protocol("fedavg", {"epochs": 2, "batch_size": 2, "lr": 0.1, "shuffle": True})
+    for name, params in (("secagg", {"clients": 2}), ("hidenseek", {}), ("hyperfl", {})):
         with pytest.raises(ConfigError, match="shuffle") as raised:
-            defenses.get(name)(proto, **params)
+            components.defense(name, params, proto, 4)
         assert raised.value.field == "shuffle"
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from giabench import data, metrics, models, protocols, threats
+from giabench import components, data, metrics, models, protocols, threats
 from giabench.attacks.fishing import Fishing, last_linear
 from giabench.contracts import ServerView
 from giabench.errors import ConfigError, NotApplicable
@@ -100,7 +100,7 @@ def test_fishing_needs_an_active_server_and_feature_fishing_surrogate_data():
 
 def test_bad_fishing_parameters_and_settings_are_refused_clearly():
     with pytest.raises(ConfigError, match="mode"):
-        Fishing(mode="net")
+        components.attack("fishing", {"mode": "net"})
     model = models.build("mlp", {}, M, "untrained", 0).eval()
     with pytest.raises(ConfigError, match="target_class") as raised:
         Fishing(target_class=10).prepare(model, M.shape, None, torch.Generator(), 8)

@@ -19,7 +19,7 @@ from giabench.errors import ConfigError, GiabenchError
 from giabench.store import Store
 
 flwr = pytest.importorskip("flwr", reason="the flower extra: pip install -e '.[flower]'")
-from giabench.integrations.recorder import (  # noqa: E402
+from giabench.app.integrations.recorder import (  # noqa: E402
     declared_defense,
     fedavg_params,
     opacus_declaration,
@@ -75,7 +75,8 @@ def test_a_flower_run_is_attacked_update_by_update_and_resumes_after_a_kill(tmp_
     for _, row in private.iterrows():  # Opacus' own accountant, composed over the rounds, is giabench's epsilon
         client = json.loads(row["extra"])
         assert math.isclose(row["epsilon"], client["client_epsilon"], rel_tol=1e-9), (row["epsilon"], client)
-        assert json.loads(row["protocol_params"]) == {"batch_size": 0, "epochs": 2, "lr": 0.1}  # 2 Poisson steps
+        # 2 Poisson steps, the protocol resolved with its defaults
+        assert json.loads(row["protocol_params"]) == {"batch_size": 0, "epochs": 2, "lr": 0.1, "shuffle": False}
     epsilon = private.groupby("round")["epsilon"].first()
     assert epsilon[2] > epsilon[1] > 0
 

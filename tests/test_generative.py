@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from giabench import data, metrics, models, protocols
+from giabench import components, data, metrics, models, protocols
 from giabench.attacks.generative import project_l1, ramped_lr
 from giabench.attacks.generators import SHIPPED, WEIGHTS, checkpoint, load, training
 from giabench.attacks.generators.dcgan import DCGANGenerator
@@ -113,7 +113,7 @@ def test_a_generator_of_another_image_shape_is_not_applicable():
     with pytest.raises(NotApplicable, match=r"\(3, 32, 32\)"):
         attacks.get("gifd")(generator="dcgan-patches").reconstruct(view, proto.update, torch.Generator())
     with pytest.raises(ConfigError, match="unknown generator"):
-        attacks.get("gias")(generator="stylegan9")
+        components.attack("gias", {"generator": "stylegan9"})
 
 
 def _tiny_biggan(folder):
@@ -168,7 +168,7 @@ def test_natural_patches_are_seeded_crops_of_the_bundled_photos():
 
 
 def test_train_generator_command_rejects_bad_arguments(capsys):
-    from giabench.cli import main
+    from giabench.app.cli import main
 
     assert main(["train-generator", "--dataset", "mnist-sample", "--out", "g.pth"]) == 2
     assert "must end in .pt" in capsys.readouterr().err

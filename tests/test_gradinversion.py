@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from giabench import data, metrics, models, protocols, runner, suite
+from giabench import components, data, metrics, models, protocols, runner, suite
 from giabench.attacks.gradinversion import GradInversion, fused_means, register, shifted
 from giabench.contracts import ServerView
 from giabench.errors import ConfigError, NotApplicable
@@ -100,9 +100,9 @@ def test_missing_statistics_and_bad_parameters_are_clear_errors():
     with pytest.raises(ConfigError, match="surrogate data"):
         GradInversion(iterations=1, bn="proxy", labels="known").reconstruct(view, client.simulate, torch.Generator())
     with pytest.raises(ConfigError, match="bn must be one of client, running, proxy, none"):
-        GradInversion(bn="exact")
+        components.attack("gradinversion", {"bn": "exact"})
     with pytest.raises(ConfigError, match="distance"):
-        GradInversion(distance="l1")
+        components.attack("gradinversion", {"distance": "l1"})
 
 
 def test_it_applies_only_where_there_is_batch_norm_unless_told_to_run_without():

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from giabench import data, metrics, models, protocols
+from giabench import components, data, metrics, models, protocols
 from giabench.contracts import ServerView
 from giabench.defenses.hidenseek import HideNSeek, global_mask, synflow_scores
 from giabench.errors import ConfigError
@@ -61,4 +61,4 @@ def test_scores_upload_is_a_rescaled_sparse_gradient_that_ig_inverts():
 
 def test_bad_parameters_are_named():
     with pytest.raises(ConfigError, match="upload must be one of scores, signs, got 'weights'"):
-        HideNSeek(None, upload="weights")
+        components.defense("hidenseek", {"upload": "weights"}, components.protocol("fedsgd", {}), 1)

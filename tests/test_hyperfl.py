@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from giabench import data, metrics, models, protocols
+from giabench import components, data, metrics, models, protocols
 from giabench.attacks.hypernet import recover_weights
 from giabench.contracts import ServerView
 from giabench.defenses.hyperfl import HyperFL, generate
 from giabench.errors import ConfigError, NotApplicable
-from giabench.registry import attacks, defenses
+from giabench.registry import attacks
 from giabench.utility import train
-from giabench.utility_config import UtilityConfig
+from giabench.utility_config import config_from_mapping
 
 D = data.load("mnist-sample")
 FEDAVG = {"name": "fedavg", "epochs": 2, "batch_size": 1, "lr": 0.05}
@@ -45,9 +45,10 @@ def test_generated_extractor_starts_at_the_zoo_initialization_and_is_affine_in_t
 def test_share_and_simulate_agree_when_the_private_state_is_known(protocol):
     _, _, client = _client(protocol)
     x, y = D.images[:2], D.labels[:2]
+    private = client.embedding, client.head_params  # the state the round starts from (share trains it on)
     shared = client.share(x, y, torch.Generator())
     assert not all(torch.allclose(shared[k], v, atol=1e-6) for k, v in client.simulate(x, y).items())
-    client.guess_embedding, client.guess_head = client.embedding, client.head_params
+    client.guess_embedding, client.guess_head = private
     simulated = client.simulate(x, y)
     for k, v in shared.items():
         assert torch.allclose(v, simulated[k], atol=1e-6), k
@@ -57,9 +58,10 @@ def test_the_hypernetwork_update_reveals_the_private_extractor_and_its_gradient(
     """FedSGD: h = dA^T dc / ||dc||^2 is exact, so theta = A h + c and dc = dL/dtheta."""
     _, proto, client = _client()
     x, y = D.images[:1], D.labels[:1]
+    embedding, head = client.embedding, client.head_params  # the round's private state, before share trains it
     theta, grad, report = recover_weights(client.share(x, y, torch.Generator()), client.public)
-    truth = generate(client.phi, client.embedding, client.shapes)
-    true_grad = proto.gradient({**truth, **client.head_params}, x, y)
+    truth = generate(client.phi, embedding, client.shapes)
+    true_grad = proto.gradient({**truth, **head}, x, y)
     assert report["rank_one_residual"] < 1e-5
     for name in truth:
         assert torch.allclose(theta[name], truth[name], atol=1e-5)
@@ -97,14 +99,25 @@ def test_adaptive_attack_refuses_a_message_that_is_not_hyperfl():
 
 
 def test_bad_parameters_are_named():
-    with pytest.raises(ConfigError, match="hyperfl"):
-        defenses.get("hyperfl")(None, hidden=0)
+    with pytest.raises(ConfigError, match="defense hyperfl: hidden must be >= 1, got 0"):
+        components.defense("hyperfl", {"hidden": 0}, components.protocol("fedsgd", {}), 1)
+
+
+def test_share_keeps_the_trained_private_state():
+    """A client that trains keeps its embedding and head for the next round (the federation relies on it)."""
+    _, _, client = _client(FEDAVG)
+    before = client.embedding.clone(), {k: v.clone() for k, v in client.head_params.items()}
+    client.share(D.images[:2], D.labels[:2], torch.Generator())
+    assert not torch.equal(client.embedding, before[0])
+    assert not all(torch.equal(client.head_params[k], v) for k, v in before[1].items())
 
 
 def test_utility_run_trains_personalized_models():
-    cfg = UtilityConfig(dataset="mnist-sample", model={"name": "mlp", "width": 16}, clients=2, rounds=3, batch=4,
-                        test_fraction=0.5, protocol={"name": "fedavg", "epochs": 1, "batch_size": 2, "lr": 0.05})
-    row = train(cfg, {"name": "hyperfl", "hidden": 8, "embed_dim": 4})
+    cfg = config_from_mapping({"dataset": "mnist-sample", "model": {"name": "mlp", "width": 16}, "clients": 2,
+                               "rounds": 3, "batch": 4, "test_fraction": 0.5,
+                               "protocol": {"name": "fedavg", "epochs": 1, "batch_size": 2, "lr": 0.05},
+                               "defenses": [{"name": "hyperfl", "hidden": 8, "embed_dim": 4}]}, "test")
+    row = train(cfg, cfg.defenses[0])
     assert 0 <= row["accuracy"] <= 1
     phi = HyperFL(protocols.build("fedsgd", {}, models.build("mlp", {"width": 16}, D, "untrained", 0)),
                   hidden=8, embed_dim=4).phi

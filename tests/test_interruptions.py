@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from giabench import cli
+from giabench.app import cli
 from giabench.contracts import Attack, Reconstruction
 from giabench.registry import attacks
 from giabench.store import Store

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from giabench import cli
+from giabench.app import cli
 from giabench.store import Store
 
 BASELINE = str(Path(__file__).resolve().parents[1] / "leaderboard" / "baselines" / "smoke.csv")

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 import torch
 
-from giabench import cli
+from giabench.app import cli
 
 SUITE_LINE = re.compile(r"s\.yaml:\d+: ")
 
@@ -68,9 +68,10 @@ CASES = [
     ("rtf-gain-zero", _block("attack", "name: rtf; gain: 0"), [], "gain must be > 0", True),
     ("gias-generator-unknown", _block("attack", "name: gias; generator: stylegan9"), [], "unknown generator", True),
     ("ggl-population-one", _block("attack", "name: ggl; population: 1"), [], "population must be >= 2", True),
-    ("ggl-budget-small", _block("attack", "name: ggl; population: 20; budget: 5"), [], "budget must be >= 20", True),
+    ("ggl-budget-small", _block("attack", "name: ggl; population: 20; budget: 5"), [],
+     "budget must be >= population (20)", True),
     ("gifd-radii-negative", _block("attack", "name: gifd; radii: [-1]"), [], "radii must be a list of positive", True),
-    ("infer-labels-method", _block("attack", "name: infer-labels; method: psychic"), [], "unknown label method",
+    ("infer-labels-method", _block("attack", "name: infer-labels; method: psychic"), [], "method must be one of idlg",
      True),
     ("hyperfl-invert-restarts", _block("attack", "name: hyperfl-invert; restarts: 0"), [], "restarts must be >= 1",
      True),

@@ -44,7 +44,7 @@ def test_the_plugin_attack_joins_the_audit_battery_where_it_applies():
     script = """
 import json
 from torch import nn
-from giabench.audit import battery
+from giabench.app.audit import battery
 dense = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.ReLU(), nn.Linear(16, 10))
 conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
 out = {}

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from giabench import runner, suite
+from giabench import executors, runner, suite
 from giabench.store import Store
 
 ray = pytest.importorskip("ray")
@@ -39,6 +39,17 @@ def test_cells_on_ray_give_the_in_process_numbers(tmp_path, local_ray):
     merged = inline.merge(remote, on="cell", suffixes=("", "_ray"))
     for metric in ("psnr", "ssim", "lpips", "epsilon"):
         assert (merged[metric] == merged[f"{metric}_ray"]).all(), metric
+
+
+def test_ray_tasks_report_each_cells_iterations_to_the_driver(local_ray):
+    from test_progress import RecordingBoard, steps_by_cell
+
+    cells = suite.expand(__import__("yaml").safe_load(SUITE)).cells[:2]
+    board = RecordingBoard()
+    executors.on_ray(cells, runner.run_cell_safely, runner.Environment(), None, lambda cell, result: None, board)
+    begun, steps, ended = steps_by_cell(board.events)
+    ids = {c.id for c in cells}
+    assert begun == dict.fromkeys(ids, 10) and sum(steps.values()) == 20 and ended == ids
 
 
 def _stored(out) -> int:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from giabench import data, models
-from giabench.commands import write_leaderboard
-from giabench.integrations.recorder import LeakageRecorder, Reply
+from giabench.app.commands import write_leaderboard
+from giabench.app.integrations.recorder import LeakageRecorder, Reply
 from giabench.privacy import rdp_epsilon
 from giabench.store import Store
 
@@ -122,7 +122,7 @@ def test_the_message_is_the_update_giabench_s_own_client_computes():
     from opacus import PrivacyEngine
 
     from giabench import protocols
-    from giabench.integrations.recorder import declared_defense, fedavg_params, opacus_declaration, update_of
+    from giabench.app.integrations.recorder import declared_defense, fedavg_params, opacus_declaration, update_of
     from giabench.registry import defenses
 
     imageset = data.load("mnist-sample")

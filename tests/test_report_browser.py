@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from giabench import cli
+from giabench.app import cli
 from giabench.leaderboard.report import label
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -73,9 +73,9 @@ def test_secret_seed_makes_the_matched_attack_not_applicable():
         client.simulate(D.images[:1], D.labels[:1])
 
 
-def test_bad_parameters_are_named():
+def test_bad_parameters_are_named(resolve_defense):
     with pytest.raises(ConfigError, match="kind must be one of"):
-        _client(kind="fourier")
+        resolve_defense("sketch", kind="fourier")
     with pytest.raises(ConfigError, match="too large"):
         _client(kind="gaussian", ratio=1.0)
 

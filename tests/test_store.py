@@ -34,7 +34,7 @@ def _count(db):
 
 
 def _run(path, out):
-    return subprocess.Popen([sys.executable, "-m", "giabench.cli", "run", path, "--out", out, "--quiet"],
+    return subprocess.Popen([sys.executable, "-m", "giabench", "run", path, "--out", out, "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -52,6 +52,8 @@ def test_same_config_same_accuracy(tmp_path):
     ("color: red\n", "unknown field 'color'"),
     ("defenses: [{density: 0.1}]\n", "needs a name"),
     ("- a\n", "mapping at the top level"),
+    ("", "is empty; give at least the defenses"),  # an empty file and an empty mapping alike
+    ("{}\n", "is empty; give at least the defenses"),
 ])
 def test_bad_utility_configs_are_named(tmp_path, text, message):
     path = tmp_path / "u.yaml"
@@ -99,7 +101,7 @@ def test_a_utility_file_without_the_columns_is_refused_by_name(tmp_path):
 
 
 def test_a_suite_utility_section_is_trained_once_and_joined_by_the_report(tmp_path):
-    from giabench import cli
+    from giabench.app import cli
 
     suite = tmp_path / "s.yaml"
     suite.write_text("defaults: {dataset: mnist-sample, model: {name: mlp, width: 8}, attack: {name: ig, "

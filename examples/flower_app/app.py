@@ -40,8 +40,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
 from giabench import data, models
-from giabench.integrations.flower import DECLARATION, LeakageStrategy, LegacyLeakageStrategy, legacy_metrics, named
-from giabench.integrations.recorder import opacus_declaration
+from giabench.app.integrations.flower import DECLARATION, LeakageStrategy, LegacyLeakageStrategy, legacy_metrics, named
+from giabench.app.integrations.recorder import opacus_declaration
 
 
 def network(dataset: str) -> torch.nn.Module:

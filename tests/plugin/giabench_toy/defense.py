@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.federation import Federation, load_parameters, mean_update
 from giabench.registry import defense
@@ -18,16 +19,8 @@ class MomentumFederation(Federation):
         super().__init__(*args, **kwargs)
         self.velocity = None
 
-    def round(self, index, draw, generator):
-        protocol = self.protocol()
-        current = {k: v.clone() for k, v in protocol.params.items()}
-        messages = []
-        for k in range(self.clients):
-            client = self.client_type(protocol, **self.params)
-            x, y = draw(k)
-            messages.append(client.share(x, y, generator))
-            self.last_cost = client.cost()
-            self.uploaded += self.last_cost["bytes"]
+    def aggregate(self, index, messages):
+        current = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         mean = mean_update(messages, current)
         beta = self.params["momentum"]
         self.velocity = mean if self.velocity is None else {k: beta * self.velocity[k] + mean[k] for k in mean}
@@ -39,6 +32,8 @@ class ToyMomentum(Client):
     """Noisy updates and server momentum (a plugin's defense with server-side state)."""
 
     federation = MomentumFederation
+    parameters = {"sigma": Param("std of the Gaussian noise on every entry of the update", at_least=0),
+                  "momentum": Param("beta, the server's momentum", at_least=0, below=1)}
 
     def __init__(self, protocol, *, sigma: float = 0.001, momentum: float = 0.9):
         super().__init__(protocol)

@@ -11,9 +11,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from giabench import executors, numerics, runner, suite, threats, utility, utility_config
+from giabench import data, executors, numerics, runner, suite, utility, utility_config
+from giabench.attacks.generators import training
 from giabench.errors import GiabenchError
-from giabench.registry import registry
+from giabench.leaderboard import compare as comparison
+from giabench.leaderboard import plots, report, rounds, summary, tables, tradeoff
+from giabench.leaderboard import regress as gate
 from giabench.store import DB_NAME, Store
 
 EXIT_FAILED_CELLS = 1
@@ -114,8 +117,6 @@ def run_folder(path: str) -> Path:
 def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None) -> str:
     """Write the leaderboard files of ``run_dir`` and return the ranking as text, followed by what was written; a
     file that cannot be written (a read-only folder) is a warning, the ranking is still returned."""
-    from giabench.leaderboard import plots, report, rounds, summary, tables, tradeoff
-
     if utility_csv is None and (run_dir / "utility" / "utility.csv").is_file():  # the suite's own utility section
         utility_csv = str(run_dir / "utility" / "utility.csv")
     rows = tradeoff.read_utility(utility_csv) if utility_csv else None  # checked before anything is written
@@ -164,9 +165,6 @@ def writable_file(path: str, flag: str) -> Path:
 
 def compare(run_a: str, run_b: str, csv: str | None = None) -> int:
     """``giabench compare``: per setting, what changed between two run folders."""
-    from giabench.leaderboard import compare as comparison
-    from giabench.leaderboard import tables
-
     before, after = run_folder(run_a), run_folder(run_b)
     target = writable_file(csv, "--csv") if csv is not None else None
     table = comparison.compare(tables.cells(before), tables.cells(after))
@@ -208,41 +206,11 @@ def show(cell: str, runs: str = "runs") -> int:
     return 0
 
 
-def summary(doc: str, width: int = 150) -> str:
-    """The first paragraph of a docstring on one line, shortened to ``width`` characters."""
-    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
-    return paragraph if len(paragraph) <= width else paragraph[: width - 3].rstrip() + "..."
-
-
-def list_components(kind: str) -> int:
-    """``giabench list``: the registered components of ``kind`` (or the packaged suites) with their parameters."""
-    if kind == "suites":
-        for name in suite.packaged_suites():
-            print(f"{name:16s} {suite.load(name).description}")
-        print("\nutility configs (giabench utility NAME):")
-        for name in utility_config.packaged_configs():
-            print(f"{name:16s} {utility_config.description(name)}")
-        return 0
-    reg = registry(kind)
-    for name in reg.names():
-        obj = reg.get(name)
-        meta = ""
-        if kind == "attacks":
-            needs = obj(**reg.defaults(name)).requirements("fedsgd")
-            meta = f"[{obj.family}; threat model {threats.minimal(needs)} by default; assumes {obj.assumes}] "
-        params = ", ".join(f"{k}={v!r}" for k, v in reg.defaults(name).items())
-        print(f"{name:16s} {meta}{summary(obj.__doc__ or '')}\n{'':16s} parameters: {params or 'none'}")
-    return 0
-
-
 def regress(suite_spec: str = "smoke", baseline: str = "", out: str | None = None, device: str = "cpu",
             threads: int = 1, workers: int = 1, executor: str = "local", address: str | None = None,
             update: bool = False, quiet: bool = False) -> int:
     """``giabench regress``: run a suite and judge it, setting by setting, against a baseline (``--update``: write
     the run's summary as the baseline). Exit 1 on any regression."""
-    from giabench.leaderboard import regress as gate
-    from giabench.leaderboard import tables
-
     loaded = suite.load(suite_spec)
     target = writable_file(baseline, "--baseline") if update else None
     reference = None if update else gate.read_baseline(baseline)
@@ -272,9 +240,6 @@ def train_generator(dataset: str, out: str, epochs: int = 20, batch: int = 64, l
                     latent_dim: int = 64, width: int = 64, seed: int = 0, threads: int = 2, grid_every: int = 5,
                     quiet: bool = False) -> int:
     """``giabench train-generator``: a DCGAN image prior for the generative attacks."""
-    from giabench import data
-    from giabench.attacks.generators import training
-
     target = Path(out)
     if target.suffix != ".pt" or target.is_dir():
         raise GiabenchError(f"--out {out}: the checkpoint path must end in .pt (and not name a folder)")

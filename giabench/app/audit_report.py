@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from giabench import protocols, threats
+from giabench import components, protocols, threats
 from giabench.leaderboard.report import label
 from giabench.metrics import LEAK_DB
 from giabench.registry import attacks
@@ -36,7 +36,7 @@ def reconstructions(cells: pd.DataFrame) -> pd.DataFrame:
 def _attack_words(row) -> str:
     """The attack of a cell as the attack describes itself: its title and budget."""
     params = json.loads(row["attack_params"]) if isinstance(row["attack_params"], str) else row["attack_params"]
-    return attacks.get(row["attack"])(**params).describe()
+    return components.attack(row["attack"], params).build().describe()
 
 
 def verdicts(cells: pd.DataFrame, images: pd.DataFrame) -> list[str]:

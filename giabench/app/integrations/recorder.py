@@ -1,5 +1,5 @@
 """Attacks on the updates real clients sent, recorded as giabench cells: the part of the Flower integration that does
-not depend on Flower's API (``giabench.integrations.flower`` adapts its two strategy interfaces to it).
+not depend on Flower's API (``giabench.app.integrations.flower`` adapts its two strategy interfaces to it).
 
 In round r the server knows the global weights w_0 it sent and the fit configuration of each client (local
 ``epochs``, local ``batch-size``, 0 meaning the whole batch, and ``lr``); a reply carries the client's weights w_K
@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 
-from giabench import data, protocols, runner, threats
+from giabench import components, data, runner, threats
+from giabench.components import Component
 from giabench.contracts import ServerView
 from giabench.errors import ConfigError, first_line
-from giabench.registry import attacks as attack_registry
-from giabench.registry import defenses
+from giabench.runner import Outcome
 from giabench.store import Store
-from giabench.suite import Cell, cell_id
+from giabench.suite import Cell
 
 CONFIG_FIELDS = {"epochs": ("epochs", "local-epochs"), "batch_size": ("batch-size", "batch_size"), "lr": ("lr",)}
 Truth = Callable[[int, int, dict], "tuple[torch.Tensor, torch.Tensor] | None"]
@@ -141,10 +141,9 @@ class LeakageRecorder:
             raise ConfigError(f"every must be at least 1, got {every}", field="every")
         self.model, self.every, self.truth, self.seed = model, every, truth, seed
         self.imageset = data.load(dataset)
-        self.attack_configs = [{"name": a} if isinstance(a, str) else dict(a) for a in attacks]
-        self.needs = [  # bad names and parameters fail here, before any round
-            attack_registry.get(c["name"])(**runner.component_params({"attack": c}, "attack")).requirements("fedavg")
-            for c in self.attack_configs]
+        self.attacks = [  # bad names and parameters fail here, before any round
+            components.from_config("attack", {"name": a} if isinstance(a, str) else dict(a)) for a in attacks]
+        self.needs = [attack.build().requirements("fedavg") for attack in self.attacks]
         self.defense = dict(defense or {"name": "none"})
         self.out = Path(out)
         self.store = Store(self.out)
@@ -152,8 +151,7 @@ class LeakageRecorder:
         self._released: dict[int, list] = {}  # client -> its DP releases (noise multiplier, sample rate, steps)
 
     def describe(self) -> str:
-        return f"attacks {', '.join(c['name'] for c in self.attack_configs)} every {self.every} round(s) into " \
-               f"{self.out}"
+        return f"attacks {', '.join(a.name for a in self.attacks)} every {self.every} round(s) into {self.out}"
 
     def attacks_round(self, server_round: int) -> bool:
         return server_round % self.every == 0
@@ -172,15 +170,19 @@ class LeakageRecorder:
     def take(self, server_round: int, weights: dict | None, sent: dict, reply: Reply) -> None:
         """One reply: its setting and DP releases (every round), its attacks (``weights`` given)."""
         client = reply.client
-        defense, params, batch, config, failure, releases = self.defense, {}, 0, {}, None, None
+        batch, config, failure, releases = 0, {}, None, None
+        protocol = Component("protocol", "fedavg")
+        defense = Component("defense", str(self.defense.get("name")), {})  # named as declared until resolved
         try:
             config = {**sent, **reply.declared}
-            defense = declared_defense(config, self.defense)
+            declared = declared_defense(config, self.defense)
+            defense = Component("defense", str(declared["name"]), {})
             batch = int(reply.metrics.get("num-examples", 0))
             if batch < 1:
                 raise ConfigError("the reply's metrics carry no num-examples (the client's batch size)")
-            params = fedavg_params(config)
-            releases = self._account(client, defense, params, batch)
+            protocol = components.protocol("fedavg", fedavg_params(config))
+            defense = components.from_config("defense", declared, protocol=protocol, batch_size=batch)
+            releases = self._account(client, defense, protocol, batch)
             received = reply.arrays()
         except Exception as exc:  # noqa: BLE001 -- a malformed reply is recorded, the training goes on
             failure = exc
@@ -189,8 +191,8 @@ class LeakageRecorder:
         if weights is None:
             return
         done = self.store.finished()
-        cells = [c for c in (self._cell(server_round, client, attack, threats.minimal(needs), defense, params, batch)
-                             for attack, needs in zip(self.attack_configs, self.needs, strict=True))
+        cells = [c for c in (self._cell(server_round, client, attack, threats.minimal(needs), defense, protocol,
+                                        batch) for attack, needs in zip(self.attacks, self.needs, strict=True))
                  if c.id not in done]
         if cells and failure is None:
             try:  # once per reply: the broadcast model, the message, the private batch
@@ -211,54 +213,45 @@ class LeakageRecorder:
             runner.store_result(self.store, self.out, "flower", cell, result)
             row = result[0]
             LOG.log(logging.INFO if row["status"] == "ok" else logging.WARNING, "giabench: round %d, client %d, %s: "
-                    "%s%s", server_round, client, cell.config["attack"]["name"], row["status"], f" ({row['note']})"
+                    "%s%s", server_round, client, cell.attack.name, row["status"], f" ({row['note']})"
                     if row.get("note") else f", PSNR {row['psnr']:.2f} dB"
                     if not math.isnan(row.get("psnr", math.nan)) else ", unscored")
 
-    def _defended(self, defense: dict, params: dict, model: torch.nn.Module):
-        """The declared defense's client on the FedAvg protocol of ``params`` (the server's model of the client)."""
-        protocol = protocols.build("fedavg", params, model)
-        return defenses.get(defense["name"])(protocol, **runner.component_params({"defense": defense}, "defense"))
-
-    def _account(self, client: int, defense: dict, params: dict, batch: int) -> list:
+    def _account(self, client: int, defense: Component, protocol: Component, batch: int) -> list:
         """The client's DP releases so far, this reply's included: one share of a batch of ``batch`` records under
-        ``params`` per round the recorder saw the client reply in."""
-        counted = self._defended(defense, params, self.model)
+        ``protocol`` per round the recorder saw the client reply in."""
+        counted = defense.build(protocol.build(self.model))
         counted.account(torch.empty(batch, *self.imageset.shape))
         history = self._released.setdefault(client, [])
         history += counted.releases
         return list(history)
 
-    def _cell(self, server_round, client, attack, threat_model, defense, params, batch) -> Cell:
-        config = {"attack": attack, "defense": defense, "dataset": {"name": self.imageset.name},
-                  "model": {"name": "flower", "state": f"round {server_round}", "mode": "eval"},
-                  "protocol": {"name": "fedavg", **params}, "batch_size": batch, "seed": self.seed,
-                  "selection": "flower", "threat_model": threat_model,
-                  "flower": {"round": server_round, "client": client}}
-        return Cell(config, cell_id(config))
+    def _cell(self, server_round, client, attack, threat_model, defense, protocol, batch) -> Cell:
+        return Cell(Component("dataset", self.imageset.name),
+                    Component("model", "flower", {"state": f"round {server_round}", "mode": "eval"}), protocol,
+                    defense, attack, batch, self.seed, "flower", threat_model,
+                    context={"flower": {"round": server_round, "client": client}})
 
     def _attack(self, cell: Cell, model: torch.nn.Module, message: dict, releases: list, truth, server_round: int,
                 declared: dict):
         """One attack on one reply's ``message``; ``truth``: the client's private batch, or None (unscored)."""
-        config = cell.config
-        client = self._defended(config["defense"], runner.component_params(config, "protocol"), model)
+        client = cell.defense.build(cell.protocol.build(model))
         client.releases = releases
         client.observe(message)
-        x, y = truth if truth is not None else (None, None)
-        labels = y.cpu() if y is not None and threats.grants(config["threat_model"], "labels") else None
+        labels = truth[1].cpu() if truth is not None and threats.grants(cell.threat_model, "labels") else None
         view = ServerView(model, client.protocol, message, dict(client.public), self.imageset.shape,
-                          self.imageset.num_classes, config["batch_size"], labels)
-        attacker = attack_registry.get(config["attack"]["name"])(**runner.component_params(config, "attack"))
+                          self.imageset.num_classes, cell.batch_size, labels)
+        attacker = cell.attack.build()
         missing = sorted(attacker.requirements("fedavg") - GRANTED)
-        reason = attacker.applies(model, self.imageset.shape, "fedavg", config["batch_size"]) or (
+        reason = attacker.applies(model, self.imageset.shape, "fedavg", cell.batch_size) or (
             f"the recorder attacks as a passive server of a running app; the attack needs {missing[0]} "
             f"({threats.CAPABILITIES[missing[0]]})" if missing else None)
         if reason:
-            status, note, recon, extra, wall = "not-applicable", reason, None, {}, 0.0
+            outcome = Outcome.not_applicable(reason, client.cost())
         else:
             generator = torch.Generator().manual_seed(self.seed * 1000 + server_round)
-            status, note, recon, extra, wall = runner.attack_view(attacker, view, client, generator)
+            outcome = runner.attack_view(attacker, view, client, generator)
         if "dp-epsilon" in declared:  # the client's own accountant (Opacus'), beside the defense's
-            extra = {**extra, "client_epsilon": float(declared["dp-epsilon"]),
-                     "client_delta": float(declared.get("dp-delta", math.nan))}
-        return runner.result_row(cell, self.env, x, y, recon, status, note, extra, wall, client.cost())
+            outcome.extra = {**outcome.extra, "client_epsilon": float(declared["dp-epsilon"]),
+                             "client_delta": float(declared.get("dp-delta", math.nan))}
+        return runner.result_row(cell, self.env, outcome, truth)

@@ -4,7 +4,7 @@ The model comes from an importable factory (``MODULE:FUNCTION`` or ``path/to/fil
 zoo model ``factory``. The battery is every registered attack that applies (``battery``): each attack says what it
 runs with at the audit's level (``Attack.for_audit``) and whether it applies to the model, protocol and batch size
 (``Attack.applies``); nothing here names an attack. The battery runs as an ordinary suite in the run folder
-(resumable, the same store), and ``giabench.audit_report`` turns the cells into verdicts, one per threat model,
+(resumable, the same store), and ``giabench.app.audit_report`` turns the cells into verdicts, one per threat model,
 weakest first. The generated suite file is written beside the results, so the audit can be rerun or extended with
 ``giabench run``.
 """
@@ -18,10 +18,14 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from giabench import audit_report, commands, data, models, protocols, suite
+from giabench import components, data, models, protocols, suite
+from giabench.app import audit_report, commands
+from giabench.components import Component
 from giabench.contracts import AUDIT_LEVELS
 from giabench.errors import ConfigError, GiabenchError, NotApplicable
-from giabench.registry import attacks, defenses
+from giabench.leaderboard import plots, tables
+from giabench.registry import attacks
+from giabench.store import Store
 from giabench.utility_config import UtilityConfig
 
 #: seeds per cell and utility rounds at each audit level (each attack sets its own budget: ``Attack.for_audit``)
@@ -41,7 +45,7 @@ def battery(net: nn.Module, shape: tuple[int, ...], protocol: dict, batch_sizes:
         except NotApplicable as exc:
             skipped.append((name, str(exc)))
             continue
-        attack = kind(**params)
+        attack = components.attack(name, params).build()
         reasons = {b: attack.applies(net, tuple(shape), protocol["name"], b) for b in batch_sizes}
         sizes = [b for b in batch_sizes if reasons[b] is None]
         if sizes:
@@ -51,9 +55,9 @@ def battery(net: nn.Module, shape: tuple[int, ...], protocol: dict, batch_sizes:
     return entries, skipped
 
 
-def parse_defenses(text: str) -> list[dict]:
+def parse_defenses(text: str, protocol: Component, batch_sizes: list[int]) -> list[dict]:
     """``none,dp-sgd:noise_multiplier=1,prune:fraction=0.9`` -> defense configs (values read as YAML scalars),
-    each checked against its defense's parameters."""
+    each checked against its defense's parameters, ``protocol`` and every batch size."""
     configs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, rest = item.partition(":")
@@ -66,8 +70,11 @@ def parse_defenses(text: str) -> list[dict]:
                 config[key] = yaml.safe_load(value)
             except yaml.YAMLError:
                 raise ConfigError(f"--defenses: cannot read the value of {key} in {item!r}") from None
-        params = defenses.resolve(name, {k: v for k, v in config.items() if k != "name"}, f"--defenses {name}")
-        defenses.get(name)(None, **params)
+        for size in batch_sizes:
+            try:
+                components.from_config("defense", config, protocol=protocol, batch_size=size)
+            except ConfigError as exc:
+                raise ConfigError(f"--defenses: {exc}", field=exc.field) from None
         configs.append(config)
     if not configs:
         raise ConfigError("--defenses: name at least one defense (none for the undefended model)")
@@ -128,7 +135,7 @@ def run(model: str, out: str, weights: str = "", data_name: str = "cifar10-sampl
         raise ConfigError(f"--budget must be one of {', '.join(LEVELS)}, got {budget!r}")
     sizes = parse_batch_sizes(batch_sizes)
     proto = protocol_config(protocol, epochs, local_batch, lr, shuffle)
-    settings = parse_defenses(defense_list)
+    settings = parse_defenses(defense_list, components.from_config("protocol", proto), sizes)
     folder = commands.out_dir(out, Path(out))
     env = commands.environment(device, threads, workers)
     if os.getcwd() not in sys.path:  # the user's module sits beside them, as for python -m
@@ -157,9 +164,6 @@ def write(folder: Path, suite_file: Path, loaded: suite.Suite, skipped: list[tup
           images: int) -> list[str]:
     """``audit.md`` and the leakage plots from this audit's cells (an earlier audit in the folder is left out);
     returns the verdicts."""
-    from giabench.leaderboard import plots, tables
-    from giabench.store import Store
-
     ids = {cell.id for cell in loaded.cells}
     cells, shown = tables.cells(folder), Store(folder).images()
     cells, shown = cells[cells["cell"].isin(ids)], shown[shown["cell"].isin(ids)]

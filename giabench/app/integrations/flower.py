@@ -1,6 +1,6 @@
 """Leakage measured inside a Flower app (``flwr`` 1.42): a strategy wrapper that leaves the aggregation to any Flower
 strategy (FedAvg, FedProx, ...) and every ``every`` rounds hands each client's update to giabench's attacks as the
-FedAvg message it is (``giabench.integrations.recorder``: what is attacked, declared, composed and stored).
+FedAvg message it is (``giabench.app.integrations.recorder``: what is attacked, declared, composed and stored).
 
 - ``LeakageStrategy`` wraps a strategy of Flower's current Message API (``flwr.serverapp.strategy``); a client
   declares what it did in a ConfigRecord ``giabench`` of its reply (``DECLARATION``).
@@ -21,8 +21,8 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from giabench.app.integrations.recorder import LOG, LeakageRecorder, Reply
 from giabench.errors import ConfigError
-from giabench.integrations.recorder import LOG, LeakageRecorder, Reply
 
 DECLARATION = "giabench"  # the ConfigRecord of a reply in which a client declares how it trained
 LEGACY_PREFIX = "giabench."  # the fit-metrics keys of a legacy client's declaration

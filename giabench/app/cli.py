@@ -1,7 +1,7 @@
-"""The ``giabench`` command line: it parses, and the functions of ``giabench.commands`` (and ``giabench.audit``) do
-the work. Options that several commands share are declared once, in parent parsers. Bad input exits with code 2 and
-one line naming the problem; a run with failed cells exits 1; Ctrl-C (or SIGTERM) stops cleanly with 130 (143),
-keeping every finished cell and writing their leaderboard."""
+"""The ``giabench`` command line: it parses, and the functions of ``giabench.app.commands`` (and ``audit``,
+``describe``) do the work. Options that several commands share are declared once, in parent parsers. Bad input exits
+with code 2 and one line naming the problem; a run with failed cells exits 1; Ctrl-C (or SIGTERM) stops cleanly with
+130 (143), keeping every finished cell and writing their leaderboard."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import argparse
 import signal
 import sys
 
+from giabench import __version__
+from giabench.app import audit, commands, describe
 from giabench.errors import GiabenchError
+from giabench.registry import KINDS, protocols
 
 EXIT_BAD_INPUT = 2
 
@@ -38,9 +41,6 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from giabench import __version__
-    from giabench.registry import protocols
-
     shared = _parents()
     fedavg = protocols.defaults("fedavg")
     parser = argparse.ArgumentParser(prog="giabench", description="Gradient inversion attacks and defenses in FL.")
@@ -59,8 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run the cells stored as failed again")
 
     lister = command("list", "list registered components")
-    lister.add_argument("kind", choices=["attacks", "defenses", "datasets", "models", "protocols", "suites"],
-                        help="which registry to list")
+    lister.add_argument("kind", choices=[*KINDS, "suites"], help="which registry to list")
+    lister.add_argument("--verbose", action="store_true", help="each component with its parameters: default, "
+                                                                "range and what it does")
+
+    described = command("describe", "one component (attack, defense, model, ...): its docstring and its parameters "
+                                     "with their defaults, ranges and what each does")
+    described.add_argument("name", help="a registered name, e.g. ig or dp-sgd")
 
     board = command("leaderboard", "write leaderboard.csv and leaderboard.html for a run folder")
     board.add_argument("run_dir", help="a run folder written by giabench run")
@@ -133,10 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _commands() -> dict:
-    from giabench import audit, commands
-
-    return {"run": commands.run, "audit": audit.run, "list": commands.list_components,
+COMMANDS = {"run": commands.run, "audit": audit.run, "list": describe.list_components, "describe": describe.describe,
             "leaderboard": commands.leaderboard, "show": commands.show, "compare": commands.compare,
             "regress": commands.regress, "utility": commands.utility_run, "train-generator": commands.train_generator}
 
@@ -144,15 +146,13 @@ def _commands() -> dict:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = vars(_parser().parse_args(argv))
-        return _commands()[args.pop("command")](**args)
+        return COMMANDS[args.pop("command")](**args)
     except GiabenchError as exc:
         print(f"giabench: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        from giabench.commands import EXIT_SIGNAL
-
         print("giabench: interrupted", file=sys.stderr)
-        return EXIT_SIGNAL[signal.SIGINT]
+        return commands.EXIT_SIGNAL[signal.SIGINT]
 
 
 if __name__ == "__main__":
