@@ -34,7 +34,7 @@ from scipy.optimize import linear_sum_assignment
 
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import Attack
-from giabench.attacks.optimization import cosine_distance, initial_images, signed_adam, total_variation
+from giabench.attacks.optimization import SIGNED_ADAM_LR, cosine_distance, initial_images, signed_adam, total_variation
 from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import NotApplicable
@@ -81,8 +81,7 @@ class FedAvgInvert(Attack):
     parameters = {
         "iterations": Param("signed-Adam steps, each simulating the client's whole round on the epochs' copies",
                             at_least=1),
-        "lr": Param("Adam step size in the normalized pixel space, decayed by 10 at 3/8, 5/8 and 7/8 of the run",
-                    above=0),
+        "lr": SIGNED_ADAM_LR,
         "tv": Param("alpha_TV, the weight of the total-variation prior, summed over the epochs' copies", at_least=0),
         "invariant": Param("alpha_inv, the weight of the epoch-order invariant prior R_inv", at_least=0),
         "labels": Param("known (the multiset, one fixed order in every epoch's copies) or inferred[:METHOD] (the "

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import LABELS, Attack
-from giabench.attacks.optimization import cosine_distance, initial_images, total_variation
+from giabench.attacks.optimization import TV, cosine_distance, initial_images, total_variation
 from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import ConfigError, NotApplicable
@@ -104,7 +104,7 @@ class GradInversion(Attack):
         "bn": Param("R_BN's targets: the client's batch statistics (E), the model's running ones, surrogate data's "
                     "(D), none", choices=BN_SOURCES),
         "bn_weight": Param("alpha_BN, the weight of the batch-norm statistics prior R_BN", at_least=0),
-        "tv": Param("alpha_TV, the weight of the total-variation prior", at_least=0),
+        "tv": TV,
         "l2": Param("alpha_l2, the weight of the l2 norm of the normalized images", at_least=0),
         "group": Param("G, the seeds of the batch optimized together", at_least=1),
         "group_weight": Param("alpha_group, the weight of each seed's l2 distance to the registered fused mean",

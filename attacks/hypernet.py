@@ -26,7 +26,15 @@ import math
 import torch
 from torch.func import functional_call
 
-from giabench.attacks.optimization import cosine_distance, initial_images, signed_adam, total_variation
+from giabench.attacks.optimization import (
+    RESTARTS,
+    SIGNED_ADAM_LR,
+    TV,
+    cosine_distance,
+    initial_images,
+    signed_adam,
+    total_variation,
+)
 from giabench.checks import Param
 from giabench.contracts import Attack, Reconstruction
 from giabench.errors import NotApplicable
@@ -82,10 +90,9 @@ class HyperFLInvert(Attack):
     parameters = {
         "iterations": Param("signed-Adam steps per restart, optimizing the images x and error signals D together",
                             at_least=1),
-        "lr": Param("Adam step size (pixels in the normalized space), decayed by 10 at 3/8, 5/8 and 7/8 of the run",
-                    above=0),
-        "tv": Param("alpha_TV, the weight of the total-variation prior", at_least=0),
-        "restarts": Param("independent runs from fresh random images; the lowest final objective wins", at_least=1),
+        "lr": SIGNED_ADAM_LR,
+        "tv": TV,
+        "restarts": RESTARTS,
     }
 
     @classmethod

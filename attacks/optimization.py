@@ -156,6 +156,13 @@ class IDLG(DLG):
         super().__init__(iterations=iterations, lr=lr, labels=labels)
 
 
+#: the parameters of Inverting Gradients' optimizer, documented alike wherever an attack runs it
+SIGNED_ADAM_LR = Param("Adam step size in the normalized pixel space, decayed by 10 at 3/8, 5/8 and 7/8 of the run",
+                       above=0)
+TV = Param("alpha_TV, the weight of the total-variation prior", at_least=0)
+RESTARTS = Param("independent runs from fresh random images; the lowest final objective wins", at_least=1)
+
+
 def signed_adam(leaves: list[torch.Tensor], objective, iterations: int, lr: float, project, trace: list,
                 progress=None) -> None:
     """Inverting Gradients' optimizer: Adam on the sign of each leaf's gradient, step ``lr`` decayed by 10 at 3/8, 5/8
@@ -204,10 +211,9 @@ class InvertingGradients(Attack):
     assumes = "image priors (total variation, pixel box); labels known (or inferred)"
     parameters = {
         "iterations": Param("signed-Adam steps per restart", at_least=1),
-        "lr": Param("Adam step size in the normalized pixel space, decayed by 10 at 3/8, 5/8 and 7/8 of the run",
-                    above=0),
-        "tv": Param("alpha_TV, the weight of the total-variation prior", at_least=0),
-        "restarts": Param("independent runs from fresh random images; the lowest final objective wins", at_least=1),
+        "lr": SIGNED_ADAM_LR,
+        "tv": TV,
+        "restarts": RESTARTS,
         "labels": LABELS,
     }
 

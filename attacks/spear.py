@@ -258,8 +258,10 @@ class Spear(Attack):
         needed = log2_expected_samples(batch_size)
         if needed <= math.log2(8 * self.samples):
             return None
-        return (f"at B={batch_size} sampling needs about 2^{needed:.1f} submatrices (2^(B-1) H_B), beyond 8 times "
-                f"the budget of {self.samples:.1e}")
+        exponent = math.floor(needed * math.log10(2))  # written as m e+k: 2^(B-1) H_B overflows a float past B = 1025
+        mantissa = 10 ** (needed * math.log10(2) - exponent)
+        return (f"at B={batch_size} sampling needs about {mantissa:.1f}e+{exponent:02d} submatrices (2^(B-1) H_B), "
+                f"beyond 8 times the budget of {self.samples:.1e}")
 
     def reconstruct(self, view, simulate, generator, progress=None):
         name = first_linear(view.model)

@@ -59,14 +59,15 @@ def test_spear_refuses_a_batch_its_budget_cannot_reach():
 
 def test_a_batch_beyond_the_layer_or_any_budget_is_not_applicable_with_the_reason():
     """B = 4096 on a 64-unit layer: the layer's width is the reason (2^4095 submatrices overflowed a float); past
-    B = 1025 the budget's reason is stated in powers of two."""
+    B = 1025 the budget's reason is still stated."""
     model = models.build("mlp", {"width": 64}, D, "untrained", 0).eval()
     view = ServerView(model, protocols.build("fedsgd", {}, model), {}, {}, D.shape, D.num_classes, 4096)
     with pytest.raises(NotApplicable, match="the first layer has 64 units, fewer than the batch of 4096"):
         Spear().reconstruct(view, None, torch.Generator())
     assert Spear().applies(model, D.shape, "fedsgd", 4096) == "the first layer has 64 units, fewer than the batch " \
                                                                 "of 4096"
-    assert "needs about 2^2050.0 submatrices" in Spear().too_large(4096, 2048)
+    assert "needs about 1.3e+617 submatrices" in Spear().too_large(4096, 2048)
+    assert "needs about 2.4e+12 submatrices" in Spear().too_large(4096, 40)
 
 
 def test_kernel_directions_are_unit_kernels_and_flag_rank_deficient_rows():

@@ -35,8 +35,8 @@ def parameter_table(rows: list[tuple[str, str, str, str]], indent: str = "  ") -
     header = ("parameter", "default", "range", "")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
     lines = [header, *rows]
-    return "\n".join(indent + "  ".join(cell.ljust(width) for cell, width in zip(line[:3], widths, strict=True))
-                     + "  " + line[3] for line in lines).rstrip()
+    return "\n".join((indent + "  ".join(cell.ljust(width) for cell, width in zip(line[:3], widths, strict=True))
+                      + "  " + line[3]).rstrip() for line in lines)
 
 
 def attack_meta(name: str) -> str:
