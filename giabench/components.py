@@ -18,6 +18,7 @@ from typing import Any
 from giabench import data, protocols
 from giabench.errors import ConfigError
 from giabench.models import MODES, check_state
+from giabench.models import build as build_classifier
 from giabench.registry import Registry, attacks, datasets, defenses, models
 from giabench.registry import protocols as protocol_registry
 
@@ -52,6 +53,13 @@ class Component:
     def without(self, *keys: str) -> dict:
         """The parameters less ``keys`` (a model's architecture parameters: ``without(*MODEL_SETTINGS)``)."""
         return {k: v for k, v in self.params.items() if k not in keys}
+
+
+def build_model(model: Component, imageset, seed: int, state: str | None = None):
+    """The classifier of ``model``'s architecture for ``imageset`` (a ``giabench.data.ImageSet``) in the model's
+    state (or ``state``) and mode, its weights drawn from ``seed``."""
+    net = build_classifier(model.name, model.without(*MODEL_SETTINGS), imageset, state or model.params["state"], seed)
+    return net.train(model.params["mode"] == "train")
 
 
 def dataset(name: str, params: dict) -> Component:

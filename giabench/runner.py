@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from giabench import __version__, data, executors, metrics, models, numerics, threats
-from giabench.components import MODEL_SETTINGS, Component
+from giabench import __version__, data, executors, metrics, numerics, threats
+from giabench.components import Component, build_model
 from giabench.contracts import Reconstruction, ServerView
 from giabench.errors import ConfigError, GiabenchError, NotApplicable, first_line
 from giabench.images import image_grid
@@ -65,12 +65,6 @@ def load_dataset(dataset: Component, env: Environment) -> data.ImageSet:
         params["root"] = params.get("root") or env.data_root
         params["download"] = params.get("download") or env.download
     return data.load(dataset.name, **params)
-
-
-def build_model(model: Component, imageset: data.ImageSet, seed: int, state: str | None = None) -> models.Classifier:
-    """The broadcast model of ``model``'s architecture for ``imageset`` in its state (or ``state``), in its mode."""
-    net = models.build(model.name, model.without(*MODEL_SETTINGS), imageset, state or model.params["state"], seed)
-    return net.train(model.params["mode"] == "train")
 
 
 def _seeded(seed: int, stream: int) -> torch.Generator:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from giabench import components, data, models, numerics
-from giabench.components import MODEL_SETTINGS, Component
+from giabench import components, data, numerics
+from giabench.components import Component
 from giabench.errors import ConfigError
 from giabench.federation import load_parameters
 from giabench.utility_config import UTILITY_COLUMNS, UtilityConfig, fingerprint
@@ -49,8 +49,7 @@ def train(cfg: UtilityConfig, defense: Component) -> dict:
     """One federated training run under ``defense``; returns its utility row."""
     imageset = _imageset(cfg)
     test, shards = split(imageset, cfg.clients, cfg.test_fraction, cfg.seed)
-    model = models.build(cfg.model.name, cfg.model.without(*MODEL_SETTINGS), imageset, "untrained", cfg.seed)
-    model.train(cfg.model.params["mode"] == "train")
+    model = components.build_model(cfg.model, imageset, cfg.seed)  # untrained: the utility config refuses a state
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def draw(k: int) -> tuple[torch.Tensor, torch.Tensor]:
