@@ -63,6 +63,13 @@ def test_list_shows_names_and_parameters():
     assert "cifar10-sample" in _run("list", "datasets").stdout
 
 
+@pytest.mark.parametrize("kind", ["models", "protocols", "datasets"])
+def test_list_every_kind_of_component(kind):
+    # a model class inherits nn.Module.parameters, a method, where attacks declare their parameter table
+    result = _run("list", kind)
+    assert result.returncode == 0 and result.stderr == "" and "parameters:" in result.stdout
+
+
 def test_describe_and_list_verbose_show_each_parameter_with_its_default_range_and_doc():
     described = _run("describe", "dp-sgd")
     assert described.returncode == 0

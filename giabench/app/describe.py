@@ -21,6 +21,7 @@ def parameter_rows(kind: str, name: str) -> list[tuple[str, str, str, str]]:
     """(parameter, default, range, doc) for every keyword parameter of component ``name`` of ``kind``."""
     reg = registry(kind)
     declared = getattr(reg.get(name), "parameters", {})
+    declared = declared if isinstance(declared, dict) else {}  # a model class's ``parameters`` is nn.Module's method
     rows = []
     for key, default in reg.defaults(name).items():
         shown = "(required)" if default is inspect.Parameter.empty else repr(default)
