@@ -10,7 +10,7 @@ import signal
 import sys
 
 from giabench import __version__
-from giabench.app import audit, commands, describe
+from giabench.app import audit, commands, describe, reproduce
 from giabench.errors import GiabenchError
 from giabench.registry import KINDS, protocols
 
@@ -121,6 +121,18 @@ def _parser() -> argparse.ArgumentParser:
     util.add_argument("--out", default="runs/utility", help="output folder (default: %(default)s)")
     util.add_argument("--threads", type=int, default=1, help="CPU threads (default: %(default)s); recorded")
 
+    repro = command("reproduce", "run papers' settings and set each published figure beside ours, with a verdict "
+                                 "per row (giabench/reproductions/ID.yaml)", "numerics", "parallel", "data_root",
+                    "quiet")
+    repro.add_argument("ids", nargs="*", metavar="ID", help="reproduction ids, or all (default: all)")
+    repro.add_argument("--list", dest="list_only", action="store_true",
+                       help="every reproduction with its published figures and needs; runs nothing")
+    repro.add_argument("--out", help="folder of the reproductions' run folders and table (default: runs/reproduce)")
+    repro.add_argument("--budget", default="paper", choices=["paper", "cpu"],
+                       help="paper: the paper's setting (default); cpu: the stated scaled-down version where the "
+                            "paper's setting needs a GPU or data this machine lacks (never reported as reproduced)")
+    repro.add_argument("--download", action="store_true", help="allow torchvision to download missing datasets")
+
     gan = command("train-generator", "train a DCGAN image prior for the generative attacks; writes OUT (.pt), OUT's "
                                      ".json (config, sha256) and sample grids", "quiet")
     gan.add_argument("--dataset", required=True, help="a dataset name, e.g. mnist-5k or natural-patches")
@@ -140,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"run": commands.run, "audit": audit.run, "list": describe.list_components, "describe": describe.describe,
             "leaderboard": commands.leaderboard, "show": commands.show, "compare": commands.compare,
-            "regress": commands.regress, "utility": commands.utility_run, "train-generator": commands.train_generator}
+            "regress": commands.regress, "utility": commands.utility_run, "train-generator": commands.train_generator,
+            "reproduce": reproduce.run}
 
 
 def main(argv: list[str] | None = None) -> int:
