@@ -19,6 +19,13 @@ two stages). The column scales s come from the bias gradient,
     dL/db = D 1 = L Q diag(s) 1   (least squares for s),                                       (scale recovery)
 and X^T = (Q diag(s))^{-1} R, returned when at least 90 % of the pairs are ReLU-consistent (a wrong choice scores
 about 60 %; those slots stay unfilled). The sampling cost grows as 2^B: the paper reaches B ~ 25 on a GPU.
+Which rows are drawn (``sampler``): ``uniform`` over the live units, as the paper; ``low-norm`` (giabench's, the
+default) cycles chunk by chunk through pools of the 25, 35, 50, 70 and 100 % rows of G with the smallest norms.
+Row i of G is sum_k D_ik x_k^T over the samples unit i is active for, so a small ||G_i|| = ||L_i|| marks a unit active
+for few samples, and since one draw hits sample k with probability C(z_k, B-1) / C(m, B-1) (z_k of the m rows
+inactive for k), a product over the drawn rows, drawing among such units raises it by orders of magnitude; the wider
+pools keep every sample's inactive units reachable (``benchmarks/spear_sampling.py`` computes both samplers' expected
+draws from a batch's true activation pattern).
 Conditions (checked, else not applicable): the layer is the model's first, a linear layer with a bias followed by
 ReLU, and it has at least B live units (the rank of G is B when the inputs are linearly independent).
 """
@@ -39,6 +46,8 @@ from giabench.errors import NotApplicable
 from giabench.registry import attack
 
 MIN_CONSISTENCY = 0.9  # a wrong choice scores about 0.6 (chance); one wrong direction of 16 still scores 0.98
+POOLS = (0.25, 0.35, 0.5, 0.7, 1.0)  # the low-norm sampler's pools: shares of the live rows, smallest norms first
+SAMPLERS = ("low-norm", "uniform")
 
 
 def log2_expected_samples(batch_size: int) -> float:
@@ -100,16 +109,17 @@ def noise_level(singular: torch.Tensor, rank: int, columns: int) -> float:
 
 def refine(basis: torch.Tensor, directions: torch.Tensor, floor: float, loose: float = 1e-4) -> torch.Tensor:
     """Each direction re-solved on every row it (nearly) zeroes, not only the B-1 it was sampled from: the last right
-    singular vector of L restricted to the rows where |L q| <= ``loose`` max |L q| or ``floor`` (our addition: the
-    float32 message leaves a direction from an ill-conditioned submatrix off by up to 1e-5, hiding some of its
-    zeros). Run twice, loose then at the zero tolerance, so that small non-zero entries (down to 1e-4 of the largest
-    on a 1000-unit layer) are not fitted as zeros."""
-    refined = []
-    for q in directions.T:
-        values = (basis @ q).abs()
-        rows = basis[values <= max(loose * float(values.max()), floor)]
-        refined.append(torch.linalg.svd(rows, full_matrices=True).Vh[-1] if rows.shape[0] >= basis.shape[1] - 1 else q)
-    return torch.stack(refined, dim=1)
+    singular vector of L restricted to the rows where |L q| <= ``loose`` max |L q| or ``floor`` (the other rows set
+    to zero), for all directions at once (our addition: the float32 message leaves a direction from an
+    ill-conditioned submatrix off by up to 1e-5, hiding some of its zeros). Run twice, loose then at the zero
+    tolerance, so that small non-zero entries (down to 1e-4 of the largest on a 1000-unit layer) are not fitted as
+    zeros. A direction that zeroes fewer than B-1 rows is kept as it is."""
+    values = (basis @ directions).abs()
+    zero = values <= torch.clamp(loose * values.amax(dim=0), min=floor)
+    masked = basis[None] * zero.T[:, :, None].to(basis.dtype)  # rows that are not (nearly) zero set to 0
+    null = torch.linalg.svd(masked, full_matrices=False).Vh[:, -1].T
+    enough = zero.sum(dim=0) >= basis.shape[1] - 1
+    return torch.where(enough, null, directions)
 
 
 class Candidates:
@@ -121,15 +131,22 @@ class Candidates:
         self.hits = torch.empty(0, dtype=torch.long)
 
     def add(self, directions: torch.Tensor, zeros: torch.Tensor) -> None:
+        """Columns of ``directions`` within 1e-6 of a kept one (or of an earlier column) count as its hits; the others
+        are kept, all compared at once."""
         signs = torch.sign(directions[directions.abs().argmax(dim=0), torch.arange(directions.shape[1])])
-        for q, z in zip((directions * signs).T, zeros, strict=True):
-            same = (self.directions.T @ q).abs() > 1 - 1e-6
-            if same.any():
-                self.hits[same.nonzero()[0]] += 1
-                continue
-            self.directions = torch.cat([self.directions, q[:, None]], dim=1)
-            self.zeros = torch.cat([self.zeros, z[None]])
-            self.hits = torch.cat([self.hits, torch.ones(1, dtype=torch.long)])
+        directions = directions * signs
+        known = (self.directions.T @ directions).abs() > 1 - 1e-6  # kept x new
+        self.hits += known.long().sum(dim=1)
+        fresh = ~known.any(dim=0)
+        if not fresh.any():
+            return
+        directions, zeros = directions[:, fresh], zeros[fresh]
+        same = (directions.T @ directions).abs() > 1 - 1e-6  # new x new: the first of each group is kept
+        first = same.long().argmax(dim=1)
+        lead = first == torch.arange(len(first))
+        self.directions = torch.cat([self.directions, directions[:, lead]], dim=1)
+        self.zeros = torch.cat([self.zeros, zeros[lead]])
+        self.hits = torch.cat([self.hits, torch.bincount(first, minlength=len(first))[lead]])
 
     def __len__(self) -> int:
         return int(self.hits.numel())
@@ -176,11 +193,14 @@ def greedy(assembly: Assembly, found: Candidates, rank: int, swaps: int) -> tupl
     while the ReLU consistency improves (at most ``swaps`` unused candidates tried per position)."""
     directions, order = found.directions, found.order()
     chosen: list[int] = []
+    span = torch.empty(directions.shape[0], 0, dtype=directions.dtype)  # orthonormal basis of the chosen directions
     for index in order.tolist():
         if len(chosen) == rank:
             break
-        if independent(directions, chosen, index):
+        rest = directions[:, index] - span @ (span.T @ directions[:, index])
+        if float(rest.norm()) > 1e-3:  # as ``independent``, one projection per candidate
             chosen.append(index)
+            span = torch.cat([span, (rest / rest.norm())[:, None]], dim=1)
     if len(chosen) < rank:
         return chosen, 0.0
     score = assembly.consistency(directions[:, chosen])
@@ -223,6 +243,8 @@ class Spear(Attack):
         "zero_tol": Param("an entry of L q counts as zero below zero_tol times its column's largest (or the noise "
                           "floor)", above=0, below=1),
         "swaps": Param("unused candidates tried per position in the greedy selection's swap stage", at_least=0),
+        "sampler": Param("which B-1 rows are drawn: low-norm (cycling through pools of the rows of G with the smallest "
+                         "norms) or uniform (over the live units, the paper's)", choices=SAMPLERS),
         "labels": LABELS,
     }
 
@@ -243,9 +265,9 @@ class Spear(Attack):
         return None
 
     def __init__(self, *, samples: int = 2**22, chunk: int = 4096, tau: float = 0.1, rank_tol: float = 1e-5,
-                 zero_tol: float = 1e-6, swaps: int = 32, labels: str = "inferred:llg"):
+                 zero_tol: float = 1e-6, swaps: int = 32, sampler: str = "low-norm", labels: str = "inferred:llg"):
         self.samples, self.chunk, self.tau, self.rank_tol, self.zero_tol = samples, chunk, tau, rank_tol, zero_tol
-        self.swaps, self.labels = swaps, labels
+        self.swaps, self.sampler, self.labels = swaps, sampler, labels
 
     def planned_budget(self):
         return self.samples
@@ -262,6 +284,13 @@ class Spear(Attack):
         mantissa = 10 ** (needed * math.log10(2) - exponent)
         return (f"at B={batch_size} sampling needs about {mantissa:.1f}e+{exponent:02d} submatrices (2^(B-1) H_B), "
                 f"beyond 8 times the budget of {self.samples:.1e}")
+
+    def pools(self, basis: torch.Tensor, rank: int) -> list[torch.Tensor]:
+        """The row pools chunks draw from in turn: all live rows (uniform), or the smallest-norm shares of them."""
+        if self.sampler == "uniform":
+            return [torch.arange(basis.shape[0])]
+        order = basis.norm(dim=1).argsort()
+        return [order[: max(rank - 1, math.ceil(share * len(order)))] for share in POOLS]
 
     def reconstruct(self, view, simulate, generator, progress=None):
         name = first_linear(view.model)
@@ -283,9 +312,11 @@ class Spear(Attack):
         found, drawn, chosen, score = Candidates(rank), 0, [], 0.0
         assembly = Assembly(basis, rows, bias_grad[live], layer.weight.detach().double().cpu()[live],
                             layer.bias.detach().double().cpu()[live], self.zero_tol, floor)
+        pools = self.pools(basis, rank)
         while drawn < self.samples and not drowned:
             count = min(self.chunk, self.samples - drawn)
-            picks = torch.rand(count, width, generator=generator).topk(rank - 1, dim=1).indices
+            pool = pools[(drawn // self.chunk) % len(pools)]
+            picks = pool[torch.rand(count, len(pool), generator=generator).topk(rank - 1, dim=1).indices]
             directions, full_rank = kernel_directions(basis[picks])
             directions = directions.T
             zeros = zero_counts(basis, directions, self.zero_tol, floor)
@@ -296,7 +327,9 @@ class Spear(Attack):
                 before = len(found)
                 kept = refine(basis, refine(basis, directions[:, keep], floor), floor, self.zero_tol)
                 found.add(kept, zero_counts(basis, kept, self.zero_tol, floor))
-                if len(found) >= rank and len(found) > before:
+                # the selection runs once the kept directions span all B dimensions (never before: with many
+                # kept proposals in a smaller span, running it on each new one would cost their count squared)
+                if len(found) > before and torch.linalg.matrix_rank(found.directions) == rank:
                     chosen, score = greedy(assembly, found, rank, self.swaps)
                     if score == 1.0:
                         break

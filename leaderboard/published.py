@@ -54,6 +54,17 @@ def reconstructions(run_dir: Path) -> list[tuple[str, str, str, str]]:
     return tiles
 
 
+def markdown(frame: pd.DataFrame) -> str:
+    """The table as the README carries it: one line per row, where and when it was measured."""
+    lines = ["| id | figure | published | ours [95 %] | verdict | measured on |", "|---|---|---|---|---|---|"]
+    for r in frame.to_dict("records"):
+        place = "" if pd.isna(r.get("hardware")) else f"{r['hardware']}, {r['threads']} thread(s), {r['measured_at']}"
+        cells = [r["id"], f"{r['figure']} ({r['metric']})", number(r["published"]), ours_text(r), str(r["verdict"]),
+                 place or "-"]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write(frame: pd.DataFrame, out: Path, path: Path) -> None:
     """Render the reproduction table ``frame`` (``giabench reproduce``'s rows) and the reconstructions of every run
     folder it judged to ``path``."""

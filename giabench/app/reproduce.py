@@ -1,6 +1,7 @@
 """``giabench reproduce``: run each paper's setting (``giabench/reproductions/ID.yaml``) and set the paper's figure
 beside ours, with a verdict per row. Every reproduction runs into its own resumable run folder, OUT/ID-BUDGET; the
-table (OUT/reproductions.csv, OUT/reproductions.html, and the terminal) covers every packaged reproduction: the ones
+table (OUT/reproductions.csv, OUT/reproductions.html, OUT/reproductions.md as the README carries it, and the
+terminal) covers every packaged reproduction: the ones
 whose folder holds results are judged, the others say what they need and the command that runs them."""
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ def run(ids: list[str], list_only: bool = False, out: str | None = None, budget:
     folder.mkdir(parents=True, exist_ok=True)
     frame.to_csv(folder / "reproductions.csv", index=False, float_format="%.6g")
     published.write(frame, folder, folder / "reproductions.html")
+    (folder / "reproductions.md").write_text(published.markdown(frame), encoding="utf-8")
     print(terminal(frame[frame["id"].isin(requested)]))
-    print(f"\nwrote {folder / 'reproductions.csv'} and {folder / 'reproductions.html'}")
+    print(f"\nwrote {folder / 'reproductions.csv'}, {folder / 'reproductions.html'} and {folder / 'reproductions.md'}")
     return 0
