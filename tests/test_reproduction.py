@@ -184,3 +184,20 @@ def test_robbing_the_fed_counts_at_the_cpu_budget_against_table_iv(tmp_path):
     assert list(rows["verdict"]) == ["consistent at the cpu budget", "below by 8 (cpu budget)",
                                      "consistent at the cpu budget", "consistent at the cpu budget"]
     assert not rows["verdict"].str.startswith("reproduced").any()  # a stand-in run is never the paper reproduced
+
+
+def test_the_report_escapes_every_string_and_the_markdown_keeps_one_line_per_row(tmp_path):
+    from giabench.app.reproduce import COLUMNS
+    from giabench.leaderboard import published
+
+    row = {c: None for c in COLUMNS}
+    row.update(id="x", figure="<script>alert(1)</script>", paper="P | Q", where="https://example.org", setting="s",
+               budget="paper", metric="psnr", published=20.0, ours=21.5, lo=20.5, hi=22.5, n="8 images, 8 batches",
+               rule="interval", verdict="reproduced", explanation="", needs="cpu", hardware="cpu: x86", threads=1,
+               measured_at="2026-12-07", wall_s=1.0, command="giabench reproduce x --budget paper")
+    frame = pd.DataFrame([row], columns=COLUMNS)
+    published.write(frame, tmp_path, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;" in page and "21.5 [20.5, 22.5]" in page
+    lines = published.markdown(frame).splitlines()
+    assert len(lines) == 3 and lines[2].count(" | ") == 5 and "cpu: x86, 1 thread(s), 2026-12-07" in lines[2]
