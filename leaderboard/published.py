@@ -58,7 +58,8 @@ def markdown(frame: pd.DataFrame) -> str:
     """The table as the README carries it: one line per row, where and when it was measured."""
     lines = ["| id | figure | published | ours [95 %] | verdict | measured on |", "|---|---|---|---|---|---|"]
     for r in frame.to_dict("records"):
-        place = "" if pd.isna(r.get("hardware")) else f"{r['hardware']}, {r['threads']} thread(s), {r['measured_at']}"
+        place = "" if pd.isna(r.get("hardware")) else \
+            f"{r['hardware']}, {int(r['threads'])} thread(s), {'' if pd.isna(r['measured_at']) else r['measured_at']}"
         cells = [r["id"], f"{r['figure']} ({r['metric']})", number(r["published"]), ours_text(r), str(r["verdict"]),
                  place or "-"]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -88,8 +89,10 @@ def execute(rep: Reproduction, variant: Variant, out: Path, env: runner.Environm
 
 
 def _utility_rows(folder: Path) -> pd.DataFrame | None:
+    """The utility runs' rows, each with the date its file was written (``measured_at``)."""
     files = sorted((folder / "utility").glob("seed-*/utility.csv"))
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else None
+    frames = [pd.read_csv(f).assign(measured_at=date.fromtimestamp(f.stat().st_mtime).isoformat()) for f in files]
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def judged(rep: Reproduction, variant: Variant, out: Path, missing: list[str], why: str) -> list[dict]:
@@ -130,7 +133,8 @@ def _provenance(cells: pd.DataFrame, uses: pd.DataFrame | None) -> dict:
                 "measured_at": str(cells["finished_at"].max())[:10], "wall_s": float(cells["wall_s"].sum())}
     if uses is not None:
         return {"hardware": "; ".join(sorted(set(uses["hardware"].dropna()))), "threads": uses["threads"].max(),
-                "measured_at": "", "wall_s": float((uses["wall_per_round_s"] * uses["rounds"]).sum())}
+                "measured_at": uses["measured_at"].max(),
+                "wall_s": float((uses["wall_per_round_s"] * uses["rounds"]).sum())}
     return {}
 
 
