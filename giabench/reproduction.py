@@ -231,11 +231,10 @@ def from_mapping(raw: Any, source: str, ident: str) -> Reproduction:
                         [_row(r, f"{source}: rows[{i}]") for i, r in enumerate(rows)], source)
 
 
-def unmet(needs: tuple[str, ...], device: str, available: Any) -> list[str]:
-    """The needs this machine does not meet: ``gpu`` without a CUDA device, ``data:NAME`` or ``weights:WHAT`` that
-    ``available(need)`` (the caller's check: it tries to load them) says are missing."""
-    return [need for need in needs if (need == "gpu" and device != "cuda")
-            or (need.split(":")[0] in ("data", "weights") and not available(need))]
+def unmet(needs: tuple[str, ...], device: str) -> list[str]:
+    """The hardware needs a run on ``device`` does not meet (``gpu`` off CUDA); data and weights are checked by
+    loading them (``giabench.runner.validate``)."""
+    return [need for need in needs if need == "gpu" and device != "cuda"]
 
 
 def _selected(frame: pd.DataFrame, where: dict) -> pd.DataFrame:

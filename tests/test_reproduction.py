@@ -201,3 +201,15 @@ def test_the_report_escapes_every_string_and_the_markdown_keeps_one_line_per_row
     assert "<script>alert" not in page and "&lt;script&gt;" in page and "21.5 [20.5, 22.5]" in page
     lines = published.markdown(frame).splitlines()
     assert len(lines) == 3 and lines[2].count(" | ") == 5 and "cpu: x86, 1 thread(s), 2026-12-07" in lines[2]
+
+
+def test_a_row_whose_dataset_is_missing_says_which_and_how_to_run_it(tmp_path):
+    result = _cli("reproduce", "survey-rtf", "--budget", "paper", "--out", str(tmp_path), "--quiet")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "reproductions.csv")
+    mine = table[table["id"] == "survey-rtf"]
+    assert (mine["verdict"] == "not run here: needs data:cifar10").all()
+    assert "needs a data root" in mine["explanation"].iloc[0]
+    assert mine["command"].iloc[0] == "giabench reproduce survey-rtf --budget paper --data-root DIR"
+    gpu_rows = table[table["id"] == "survey-ig-b4"]  # not asked for, its missing GPU still named
+    assert (gpu_rows["verdict"] == "not run here: needs gpu").all()

@@ -56,10 +56,11 @@ def listing(reps: list[Reproduction]) -> str:
     return "\n".join(lines)
 
 
-def _unmet(variant: Variant, env: runner.Environment) -> tuple[list[str], str]:
-    """The variant's needs this machine lacks, with the first failure's message."""
-    missing = reproduction.unmet(variant.needs, env.device, lambda need: True)
-    if missing or not any(n.split(":")[0] in ("data", "weights") for n in variant.needs):
+def _unmet(variant: Variant, env: runner.Environment, check_data: bool) -> tuple[list[str], str]:
+    """The variant's needs this machine lacks, with the first failure's message: a GPU, and (``check_data``: before
+    running it) the data and weights its cells and utility runs load."""
+    missing = reproduction.unmet(variant.needs, env.device)
+    if missing or not check_data or not any(n.split(":")[0] in ("data", "weights") for n in variant.needs):
         return missing, ""
     try:
         if variant.suite is not None:
@@ -156,7 +157,7 @@ def run(ids: list[str], list_only: bool = False, out: str | None = None, budget:
     rows = []
     for rep in reproduction.load_all() + [r for r in reps if r.id not in reproduction.packaged_ids()]:
         variant = rep.variant(budget)
-        missing, why = _unmet(variant, env) if rep.id in requested else ([], "")
+        missing, why = _unmet(variant, env, check_data=rep.id in requested)
         if rep.id in requested and not missing:
             print(f"giabench: reproducing {rep.id} ({variant.budget} budget) into {_folder(folder, rep, variant)}",
                   file=sys.stderr)
