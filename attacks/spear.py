@@ -51,6 +51,7 @@ from giabench.registry import attack
 MIN_CONSISTENCY = 0.9  # a wrong choice scores about 0.6 (chance); one wrong direction of 16 still scores 0.98
 POOLS = (0.25, 0.35, 0.5, 0.7, 1.0)  # the low-norm sampler's pools: shares of the live rows, smallest norms first
 SAMPLERS = ("uniform", "low-norm")
+SPAN_GAP = 1e-3  # a direction closer than this to the span of the chosen ones would leave Q ill-conditioned
 PIVOT_TOL = 1e-9  # a (B-1)-row submatrix whose smallest LU pivot is below this share of its largest is rank deficient
 
 
@@ -184,12 +185,13 @@ class Assembly:
 
 
 def independent(directions: torch.Tensor, chosen: list[int], candidate: int) -> bool:
-    """Whether ``candidate`` keeps the chosen directions well conditioned (its distance to their span > 1e-3)."""
+    """Whether ``candidate`` keeps the chosen directions well conditioned (its distance to their span above
+    ``SPAN_GAP``)."""
     if not chosen:
         return True
     span, _ = torch.linalg.qr(directions[:, chosen])
     q = directions[:, candidate]
-    return float((q - span @ (span.T @ q)).norm()) > 1e-3
+    return float((q - span @ (span.T @ q)).norm()) > SPAN_GAP
 
 
 def greedy(assembly: Assembly, found: Candidates, rank: int, swaps: int) -> tuple[list[int], float]:
@@ -202,7 +204,7 @@ def greedy(assembly: Assembly, found: Candidates, rank: int, swaps: int) -> tupl
         if len(chosen) == rank:
             break
         rest = directions[:, index] - span @ (span.T @ directions[:, index])
-        if float(rest.norm()) > 1e-3:  # as ``independent``, one projection per candidate
+        if float(rest.norm()) > SPAN_GAP:  # as ``independent``, one projection per candidate
             chosen.append(index)
             span = torch.cat([span, (rest / rest.norm())[:, None]], dim=1)
     if len(chosen) < rank:

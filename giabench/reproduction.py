@@ -95,10 +95,6 @@ class Reproduction:
         """The variant ``budget`` runs: ``cpu`` falls back to the paper's setting when that runs on a CPU."""
         return self.variants.get(budget) or self.variants["paper"]
 
-    @property
-    def needs(self) -> tuple[str, ...]:
-        return self.variants["paper"].needs
-
 
 def packaged_ids() -> list[str]:
     return list(packaged("reproductions"))

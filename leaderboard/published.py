@@ -19,7 +19,7 @@ SECTION = "giabench against the published record"
 
 
 def ours_text(record: dict) -> str:
-    """Our value with its interval, or the verdict's reason for having none."""
+    """Our value with its interval ("-" where the row has no value of ours)."""
     value = record.get("ours")
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"

@@ -24,15 +24,15 @@ COLUMNS = ["id", "figure", "paper", "where", "setting", "budget", "metric", "pub
            "n", "rule", "verdict", "explanation", "needs", "hardware", "threads", "measured_at", "wall_s", "command"]
 
 
-def chosen(ids: list[str]) -> list[Reproduction]:
-    """The reproductions named (``all`` or none: every packaged one), each loaded and checked."""
-    known = reproduction.packaged_ids()
+def chosen(ids: list[str], packaged: list[Reproduction]) -> list[Reproduction]:
+    """The reproductions named among the ``packaged`` ones, or files (``all`` or none: every packaged one)."""
     if not ids or ids == ["all"]:
-        return reproduction.load_all()
+        return packaged
+    known = {rep.id: rep for rep in packaged}
     unknown = [i for i in ids if i not in known and not i.endswith((".yaml", ".yml"))]
     if unknown:
         raise GiabenchError(f"unknown reproduction {unknown[0]!r}; known: {', '.join(known)}")
-    return [reproduction.load(i) for i in ids]
+    return [known[i] if i in known else reproduction.load(i) for i in ids]
 
 
 def command_for(rep: Reproduction, variant: Variant) -> str:
@@ -99,11 +99,12 @@ def _utility_rows(folder: Path) -> pd.DataFrame | None:
 def judged(rep: Reproduction, variant: Variant, out: Path, missing: list[str], why: str) -> list[dict]:
     """One table row per published figure of ``rep``: judged where its run folder holds results."""
     folder = _folder(out, rep, variant)
-    has_cells = (folder / DB_NAME).is_file()
-    cells = Store(folder, create=False).cells() if has_cells else pd.DataFrame()
+    cells, images = pd.DataFrame(), pd.DataFrame()
+    if (folder / DB_NAME).is_file():
+        store = Store(folder, create=False)
+        cells, images = store.cells(), store.images()
     if not cells.empty:  # only this variant's cells: an edited file leaves its old cells in the folder
         cells = cells[cells["cell"].isin({c.id for c in variant.suite.cells} if variant.suite else set())]
-    images = Store(folder, create=False).images() if has_cells else pd.DataFrame()
     uses = _utility_rows(folder)
     setting = variant.what or "the paper's setting"
     if variant.data:
@@ -147,7 +148,8 @@ def terminal(frame: pd.DataFrame) -> str:
 def run(ids: list[str], list_only: bool = False, out: str | None = None, budget: str = "paper", device: str = "cpu",
         threads: int = 1, workers: int = 1, data_root: str = "", download: bool = False, quiet: bool = False) -> int:
     """``giabench reproduce``."""
-    reps = chosen(ids)
+    packaged = reproduction.load_all()
+    reps = chosen(ids, packaged)
     if list_only:
         print(listing(reps))
         return 0
@@ -155,7 +157,7 @@ def run(ids: list[str], list_only: bool = False, out: str | None = None, budget:
     folder = commands.out_dir(out, Path("runs/reproduce"))
     requested = {rep.id for rep in reps}
     rows = []
-    for rep in reproduction.load_all() + [r for r in reps if r.id not in reproduction.packaged_ids()]:
+    for rep in packaged + [r for r in reps if r.id not in {p.id for p in packaged}]:
         variant = rep.variant(budget)
         missing, why = _unmet(variant, env, check_data=rep.id in requested)
         if rep.id in requested and not missing:
