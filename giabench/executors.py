@@ -43,11 +43,12 @@ def in_pool(todo: list, run, env, workers: int, finish, board: Board | None = No
         for child in multiprocessing.active_children():
             child.terminate()
         raise
+    else:
+        pool.shutdown()  # the workers exit, flushing the events they queued, before the sentinel below is put
     finally:
         if relaying is not None:
             events.put(None)
             relaying.join(timeout=5)
-    pool.shutdown()
 
 
 def _in_worker(run, cell, env):
