@@ -15,6 +15,7 @@ from giabench.attacks.cpa import CocktailParty
 from giabench.attacks.optimization import InvertingGradients
 from giabench.attacks.spear import Spear
 from giabench.defenses import dp_sgd, quantization
+from giabench.defenses.dgc import DeepGradientCompression
 from giabench.leaderboard import regress, tables
 
 SMOKE = suite.load("smoke")
@@ -139,6 +140,22 @@ def test_gate_fails_naming_quantize_when_it_sends_the_update_unquantized(tmp_pat
     failures, _ = _gate(tmp_path, _sign_quantized)
     assert failures and all(line.startswith("privacy regression: defense quantize leaks more") for line in failures)
     assert any(": psnr " in line for line in failures), failures
+
+
+def test_gate_fails_when_the_dgc_attacker_forgets_the_residuals_of_earlier_rounds(tmp_path, monkeypatch):
+    """The attacker models DGC as one round of top-k (the last round's mask on g(x_hat)), not the replayed
+    accumulation that makes each sent entry a known multiple of g: the reconstruction falls from ~39 dB to ~14 dB."""
+    original = DeepGradientCompression.transform
+
+    def one_round(self, update, generator):
+        if generator is not None:
+            return original(self, update, generator)
+        last = self.public["masks"][-1]
+        return {k: v * last[k] for k, v in update.items()}
+
+    monkeypatch.setattr(DeepGradientCompression, "transform", one_round)
+    failures, _ = _gate(tmp_path, lambda c: c["defense"]["name"] == "dgc")
+    assert any(line.startswith("weaker: ig") and "dgc" in line and "psnr" in line for line in failures), failures
 
 
 @pytest.mark.parametrize("metric", ["psnr", "ssim"])
