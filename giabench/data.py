@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -231,16 +232,59 @@ def cifar100(*, root: str = "", split: str = "test", download: bool = False) -> 
     return _torchvision_set("CIFAR100", "cifar100", root, split, download, CIFAR100_CLASSES, CIFAR100_STATS)
 
 
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format, gzipped or not): magic 0 0 TYPE DIMS, DIMS big-endian sizes, the data."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in IDX_DTYPES:
+        raise ConfigError(f"{path}: not an IDX file")
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    body = raw[4 + 4 * dims:]
+    if len(body) != dtype.itemsize * math.prod(shape):
+        raise ConfigError(f"{path}: {len(body)} data bytes where the header's shape {shape} needs "
+                          f"{dtype.itemsize * math.prod(shape)}")
+    return np.frombuffer(body, dtype=dtype).reshape(shape)
+
+
+def _idx_files(root: str, split: str) -> tuple[Path, Path] | None:
+    """The images and labels IDX files of ``split`` lying directly in ``root`` (as Debian's dataset-fashion-mnist
+    installs them in /usr/share/datasets/fashion-mnist), or None."""
+    prefix = "train" if split == "train" else "t10k"
+    for suffix in (".gz", ""):
+        images, labels = (Path(root) / f"{prefix}-{kind}-ubyte{suffix}" for kind in ("images-idx3", "labels-idx1"))
+        if images.is_file() and labels.is_file():
+            return images, labels
+    return None
+
+
+def _mnist_like(cls_name: str, name: str, root: str, split: str, download: bool, classes, stats) -> ImageSet:
+    """An MNIST-format dataset from IDX files directly in ``root``, else through torchvision."""
+    found = _idx_files(root, split) if root and split in ("train", "test") else None
+    if found is None:
+        return _torchvision_set(cls_name, name, root, split, download, classes, stats)
+    images, labels = (read_idx(path) for path in found)
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise ConfigError(f"dataset {name}: {found[0].name} and {found[1].name} disagree in shape "
+                          f"({images.shape}, {labels.shape})")
+    return ImageSet(name, _to_tensor(list(images)), torch.as_tensor(labels.astype(np.int64)), list(classes), *stats,
+                    source=f"idx:{root}")
+
+
 @dataset("mnist")
 def mnist(*, root: str = "", split: str = "test", download: bool = False) -> ImageSet:
-    """MNIST through torchvision (``root/MNIST/raw`` IDX files)."""
-    return _torchvision_set("MNIST", "mnist", root, split, download, MNIST_CLASSES, MNIST_STATS)
+    """MNIST: the IDX files in ``root``, or through torchvision (``root/MNIST/raw``)."""
+    return _mnist_like("MNIST", "mnist", root, split, download, MNIST_CLASSES, MNIST_STATS)
 
 
 @dataset("fashion-mnist")
 def fashion_mnist(*, root: str = "", split: str = "test", download: bool = False) -> ImageSet:
-    """Fashion-MNIST through torchvision (``root/FashionMNIST/raw`` IDX files)."""
-    return _torchvision_set("FashionMNIST", "fashion-mnist", root, split, download, FMNIST_CLASSES, FMNIST_STATS)
+    """Fashion-MNIST: the IDX files in ``root`` (Debian's dataset-fashion-mnist: /usr/share/datasets/fashion-mnist),
+    or through torchvision (``root/FashionMNIST/raw``)."""
+    return _mnist_like("FashionMNIST", "fashion-mnist", root, split, download, FMNIST_CLASSES, FMNIST_STATS)
 
 
 def image_folder(path: str, *, size: int = 32) -> ImageSet:

@@ -208,6 +208,29 @@ class CifarCNN(nn.Module):
         return self.fc2(F.leaky_relu(self.fc1(self.features(x).flatten(1))))
 
 
+@model("fmnist-cnn")
+class FmnistCNN(nn.Module):
+    """HyperFL's Fashion-MNIST CNN (Guo et al., AAAI 2025; their code's ``CNN_FMNIST``): 5x5 convolutions with 16
+    (no padding) and 32 (padding 1) channels, each followed by 2x2 max-pooling and LeakyReLU, ``fc1`` from 800 to
+    128 units (LeakyReLU) and the classifier ``fc2``. Init ``pytorch``, as their code leaves it."""
+
+    def __init__(self, shape, num_classes, *, init: str = "pytorch"):
+        super().__init__()
+        c, h, w = shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 16, 5), nn.MaxPool2d(2), nn.LeakyReLU(),
+            nn.Conv2d(16, 32, 5, padding=1), nn.MaxPool2d(2), nn.LeakyReLU(),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, c, h, w)).numel()
+        self.fc1 = nn.Linear(flat, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+        initialize(self, init)
+
+    def forward(self, x):
+        return self.fc2(F.leaky_relu(self.fc1(self.features(x).flatten(1))))
+
+
 @model("femnist-cnn")
 class FemnistCNN(nn.Module):
     """The FEMNIST CNN of Dimitrov et al. (TMLR 2022, "Data Leakage in Federated Averaging"; their code's Flax

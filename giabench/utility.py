@@ -1,9 +1,11 @@
 """The utility harness: what a defense costs in accuracy, uplink bytes and time, by short federated training.
 
-K clients hold disjoint IID shards of the training split (seeded). Each round every client draws ``batch`` images
-from its shard; the defense's federation (``Client.federation``, ``giabench.federation``) runs the clients and the
-server for that round. The reference row is the same training without a defense. Test accuracy is that of the
-federation's final models on the held-out split (their mean where each client keeps a personalized model). Epsilon is
+K clients hold disjoint shards of the training split (seeded): IID, or label-skewed with a local test set each
+(``partition``). Each round every client draws ``batch`` images from its shard; the defense's federation
+(``Client.federation``, ``giabench.federation``) runs the clients and the server for that round. The reference row is
+the same training without a defense. Test accuracy is that of the federation's final models on the held-out split
+(their mean where each client keeps a personalized model); under label skew, the mean over clients of each client's
+model (or the global one) on its local test set. Epsilon is
 composed over every release a client made in the whole run (all rounds, all local steps; every client takes part in
 every round, q = 1 at the client level), at the defense's delta and adjacency.
 """
@@ -24,13 +26,59 @@ from giabench.federation import load_parameters
 from giabench.utility_config import UTILITY_COLUMNS, UtilityConfig, fingerprint
 
 
-def split(imageset: data.ImageSet, clients: int, test_fraction: float, seed: int):
+def split(imageset: data.ImageSet, clients: int, test_fraction: float, seed: int,
+          partition: dict | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(test sets, training shards): a seeded held-out ``test_fraction`` of the images, the rest dealt to the
+    clients as the ``partition`` says (``giabench.utility_config.PARTITIONS``). ``iid``: one shared test set and
+    equal random shards; ``label-skew``: per client a training set and a local test set with its label mix."""
     order = torch.randperm(len(imageset), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(test_fraction * len(imageset)))
     test, train = order[:n_test], order[n_test:]
+    if partition is not None and partition["name"] == "label-skew":
+        return _label_skew(imageset, test, train, clients, partition, seed)
     if len(train) < clients:
         raise ConfigError(f"utility: {len(train)} training images cannot feed {clients} clients")
-    return test, list(torch.tensor_split(train, clients))
+    return [test], list(torch.tensor_split(train, clients))
+
+
+def label_counts(partition: dict, num_classes: int, k: int, size: int) -> list[int]:
+    """Client ``k``'s images per class among ``size``: ``share`` of them from ``classes`` consecutive classes
+    starting at class (classes - 1) k mod C (HyperFL's groups 012, 234, 456, 678, 890 for 3 of 10), the rest
+    spread over all C classes alike (remainders to the lowest classes)."""
+    main = round(partition["share"] * size)
+    chosen = [((max(partition["classes"] - 1, 1)) * k + j) % num_classes for j in range(partition["classes"])]
+    counts = [(size - main) // num_classes + (c < (size - main) % num_classes) for c in range(num_classes)]
+    for i, c in enumerate(chosen):
+        counts[c] += main // len(chosen) + (i < main % len(chosen))
+    return counts
+
+
+def _label_skew(imageset, test: torch.Tensor, train: torch.Tensor, clients: int, partition: dict, seed: int):
+    """Training sets drawn without replacement across clients; each local test set drawn from the held-out images
+    (test sets of different clients may share images, as in HyperFL's code)."""
+    num_classes = len(imageset.classes)
+    pools = [train[imageset.labels[train] == c] for c in range(num_classes)]
+    held = [test[imageset.labels[test] == c] for c in range(num_classes)]
+    taken = [0] * num_classes
+    gen = torch.Generator().manual_seed(seed + 1)
+    tests, shards = [], []
+    for k in range(clients):
+        picks = []
+        for c, n in enumerate(label_counts(partition, num_classes, k, partition["train"])):
+            if taken[c] + n > len(pools[c]):
+                raise ConfigError(f"utility: partition label-skew needs more than the {len(pools[c])} training "
+                                  f"images of class {c} for {clients} clients of {partition['train']}")
+            picks.append(pools[c][taken[c]:taken[c] + n])
+            taken[c] += n
+        shards.append(torch.cat(picks))
+        local = []
+        for c, n in enumerate(label_counts(partition, num_classes, k, partition["test"])):
+            if n > len(held[c]):
+                raise ConfigError(f"utility: a local test set of {partition['test']} needs {n} held-out images of "
+                                  f"class {c}, {len(held[c])} are held out (raise test_fraction)")
+            local.append(held[c][torch.randperm(len(held[c]), generator=gen)[:n]])
+        tests.append(torch.cat(local))
+    return tests, shards
 
 
 def accuracy(model: torch.nn.Module, imageset: data.ImageSet, index: torch.Tensor) -> float:
@@ -42,13 +90,13 @@ def accuracy(model: torch.nn.Module, imageset: data.ImageSet, index: torch.Tenso
 
 
 def _imageset(cfg: UtilityConfig) -> data.ImageSet:
-    return data.load(cfg.dataset, **({"root": cfg.data_root} if cfg.data_root else {}))
+    return data.load(cfg.dataset.name, **{**cfg.dataset.params, **({"root": cfg.data_root} if cfg.data_root else {})})
 
 
 def train(cfg: UtilityConfig, defense: Component) -> dict:
     """One federated training run under ``defense``; returns its utility row."""
     imageset = _imageset(cfg)
-    test, shards = split(imageset, cfg.clients, cfg.test_fraction, cfg.seed)
+    tests, shards = split(imageset, cfg.clients, cfg.test_fraction, cfg.seed, cfg.partition)
     model = components.build_model(cfg.model, imageset, cfg.seed)  # untrained: the utility config refuses a state
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -60,12 +108,15 @@ def train(cfg: UtilityConfig, defense: Component) -> dict:
     federation = defense.factory.federation(defense, model, cfg.protocol, cfg.clients, cfg.rounds, cfg.server_lr)
     for r in range(cfg.rounds):
         federation.round(r, draw, gen)
+    finals = federation.final_models()
+    pairs = [(w, tests[0]) for w in finals] if len(tests) == 1 else \
+        [(finals[k] if len(finals) > 1 else finals[0], tests[k]) for k in range(cfg.clients)]
     scores = []
-    for weights in federation.final_models():
+    for weights, test in pairs:
         load_parameters(model, weights)
         scores.append(accuracy(model, imageset, test))
     cost = federation.cost()
-    return {"defense": defense.name, "defense_params": defense.params, "dataset": cfg.dataset,
+    return {"defense": defense.name, "defense_params": defense.params, "dataset": cfg.dataset.name,
             "model": cfg.model.name, "protocol": cfg.protocol.name, "clients": cfg.clients, "rounds": cfg.rounds,
             "batch": cfg.batch,
             "accuracy": sum(scores) / len(scores), "bytes_per_round": federation.uploaded / cfg.rounds,
@@ -76,7 +127,7 @@ def train(cfg: UtilityConfig, defense: Component) -> dict:
 def check_data(cfg: UtilityConfig) -> None:
     """The dataset loads and its training split feeds every client (before the first run starts)."""
     imageset = _imageset(cfg)
-    split(imageset, cfg.clients, cfg.test_fraction, cfg.seed)
+    split(imageset, cfg.clients, cfg.test_fraction, cfg.seed, cfg.partition)
 
 
 def run(cfg: UtilityConfig, out: str | Path, show_progress: bool = True, threads: int = 1) -> pd.DataFrame:

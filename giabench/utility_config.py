@@ -24,7 +24,7 @@ class UtilityConfig:
     """A validated utility run (``config_from_mapping`` makes one): the model, protocol and defenses are resolved
     components, each defense checked against the protocol and the clients' ``batch``."""
 
-    dataset: str
+    dataset: Component
     model: Component
     protocol: Component
     defenses: list[Component]
@@ -35,12 +35,17 @@ class UtilityConfig:
     test_fraction: float = 0.2
     seed: int = 0
     data_root: str = ""
+    partition: dict = dataclasses.field(default_factory=lambda: {"name": "iid"})
 
 
 #: what a field left out is (``defenses`` left out: the undefended reference alone)
 DEFAULTS = {"dataset": "mnist-5k", "model": {"name": "mlp", "width": 64}, "protocol": {"name": "fedavg"},
-            "defenses": [{"name": "none"}],
+            "defenses": [{"name": "none"}], "partition": {"name": "iid"},
             **{f.name: f.default for f in dataclasses.fields(UtilityConfig) if f.default is not dataclasses.MISSING}}
+#: how the training split is dealt to the clients: ``iid`` (equal random shards, one held-out test split) or
+#: ``label-skew`` (HyperFL's: each client's ``train`` images, ``share`` of them from ``classes`` consecutive
+#: classes and the rest from all classes alike, and a local test set of ``test`` images with the same label mix)
+PARTITIONS = {"iid": {}, "label-skew": {"classes": 3, "share": 0.8, "train": 600, "test": 600}}
 KNOWN = [f.name for f in dataclasses.fields(UtilityConfig)]
 EMPTY = "is empty; give at least the defenses to price, e.g. defenses: [none, {name: dp-sgd, noise_multiplier: 1.0}]"
 
@@ -74,7 +79,7 @@ def config_from_mapping(raw, where: str) -> UtilityConfig:
     if unknown:
         raise ConfigError(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(KNOWN)}")
     values = {**DEFAULTS, **{k: v for k, v in raw.items() if k in KNOWN}}
-    for key in ("model", "protocol"):
+    for key in ("dataset", "model", "protocol"):
         value = values[key]
         value = {"name": value} if isinstance(value, str) else value
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
@@ -88,17 +93,41 @@ def config_from_mapping(raw, where: str) -> UtilityConfig:
         value = values[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not ok(value):
             raise ConfigError(f"{where}: {key} must be a number {rule}, got {value!r}")
-    if not isinstance(values["dataset"], str) or not isinstance(values["data_root"], str):
-        raise ConfigError(f"{where}: dataset and data_root must be strings")
+    if not isinstance(values["data_root"], str):
+        raise ConfigError(f"{where}: data_root must be a string")
+    values["partition"] = _partition(values["partition"], where)
     if not isinstance(values["defenses"], list) or not values["defenses"]:
         raise ConfigError(f"{where}: defenses must be a non-empty list of defense names or mappings")
     return UtilityConfig(**{**values, **_components(values, where)})
 
 
+def _partition(raw, where: str) -> dict:
+    """A partition (a name, or a mapping with ``name`` and its fields) with its defaults filled and checked."""
+    raw = {"name": raw} if isinstance(raw, str) else raw
+    if not isinstance(raw, dict) or raw.get("name") not in PARTITIONS:
+        raise ConfigError(f"{where}: partition must be one of {', '.join(PARTITIONS)} (a name or a mapping with "
+                          f"name), got {raw!r}", field="partition")
+    fields = PARTITIONS[raw["name"]]
+    unknown = sorted(set(raw) - set(fields) - {"name"})
+    if unknown:
+        raise ConfigError(f"{where}: partition {raw['name']}: unknown field {unknown[0]!r}"
+                          + (f"; known: {', '.join(fields)}" if fields else ""), field="partition")
+    values = {"name": raw["name"], **fields, **raw}
+    for key in ("classes", "train", "test"):
+        if key in fields and (not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 1):
+            raise ConfigError(f"{where}: partition {key} must be a whole number >= 1, got {values[key]!r}",
+                              field="partition")
+    if "share" in fields and (isinstance(values["share"], bool) or not isinstance(values["share"], (int, float))
+                              or not 0 <= values["share"] <= 1):
+        raise ConfigError(f"{where}: partition share must be a number in [0, 1], got {values['share']!r}",
+                          field="partition")
+    return values
+
+
 def _components(values: dict, where: str) -> dict:
-    """The dataset checked, the model, protocol and every defense resolved against their registries."""
+    """The dataset, the model, protocol and every defense resolved against their registries."""
     try:
-        components.dataset(values["dataset"], {})
+        dataset = components.from_config("dataset", values["dataset"])
         model = components.from_config("model", values["model"])
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}", field=exc.field) from None
@@ -115,7 +144,7 @@ def _components(values: dict, where: str) -> dict:
             defenses.append(components.from_config("defense", d, protocol=protocol, batch_size=values["batch"]))
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}", field=exc.field) from None
-    return {"model": model, "protocol": protocol, "defenses": defenses}
+    return {"dataset": dataset, "model": model, "protocol": protocol, "defenses": defenses}
 
 
 def fingerprint(cfg: UtilityConfig) -> str:

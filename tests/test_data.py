@@ -76,6 +76,19 @@ def test_torchvision_mnist_reads_real_idx_files(tmp_path):
     assert torch.allclose(d.images[0, 0] * 255, torch.tensor(images[0], dtype=torch.float32))
 
 
+def test_idx_files_lying_in_the_root_load_without_torchvision_as_debian_installs_them(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, (4, 28, 28))
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images, 2051)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([9, 0, 0, 3]), 2049)
+    d = data.load("fashion-mnist", root=str(tmp_path), split="train")
+    assert d.labels.tolist() == [9, 0, 0, 3] and d.source == f"idx:{tmp_path}"
+    assert torch.allclose(d.images[3, 0] * 255, torch.tensor(images[3], dtype=torch.float32))
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x03" + b"\0\0\0\x09" * 3))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([1]), 2049)
+    with pytest.raises(ConfigError, match="0 data bytes where the header's shape"):
+        data.load("fashion-mnist", root=str(tmp_path), split="test")
+
+
 def test_torchvision_cifar10_reads_real_batch_files(tmp_path, monkeypatch):
     import torchvision
 

@@ -2,6 +2,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from giabench import utility
 from giabench.errors import ConfigError, GiabenchError
@@ -127,3 +128,54 @@ def test_a_bad_suite_utility_section_names_its_line(tmp_path):
     path.write_text("name: t\nutility:\n  defenses: [{name: dp-sgd, clip: 0}]\n")
     with pytest.raises(ConfigError, match="clip must be > 0"):
         suite.load(str(path))
+
+
+def test_label_counts_are_hyperfl_s_groups():
+    part = {"name": "label-skew", "classes": 3, "share": 0.8, "train": 600, "test": 600}
+    assert utility.label_counts(part, 10, 0, 600) == [172, 172, 172] + [12] * 7
+    mains = [[c for c, n in enumerate(utility.label_counts(part, 10, k, 600)) if n > 12] for k in range(6)]
+    assert mains == [[0, 1, 2], [2, 3, 4], [4, 5, 6], [6, 7, 8], [0, 8, 9], [0, 1, 2]]
+    assert sum(utility.label_counts({**part, "share": 0.5}, 10, 3, 101)) == 101
+
+
+def test_a_label_skewed_split_gives_disjoint_shards_and_local_tests_with_the_same_mix():
+    from giabench import data
+
+    images = data.load("mnist-5k")
+    part = {"name": "label-skew", "classes": 3, "share": 0.8, "train": 100, "test": 50}
+    tests, shards = utility.split(images, 5, 0.2, 0, part)
+    assert len(tests) == len(shards) == 5
+    everything = torch.cat(shards)
+    assert len(everything) == 500 and len(set(everything.tolist())) == 500
+    held = set(tests[0].tolist()) | set().union(*(set(t.tolist()) for t in tests))
+    assert not held & set(everything.tolist())  # local tests come from the held-out images only
+    for k in range(5):
+        train_counts = torch.bincount(images.labels[shards[k]], minlength=10).tolist()
+        test_counts = torch.bincount(images.labels[tests[k]], minlength=10).tolist()
+        assert train_counts == utility.label_counts(part, 10, k, 100)
+        assert test_counts == utility.label_counts(part, 10, k, 50)
+    with pytest.raises(ConfigError, match="needs more than the .* training images of class 0"):
+        utility.split(images, 40, 0.2, 0, {**part, "train": 300})
+
+
+def test_label_skewed_training_scores_each_client_on_its_local_test(tmp_path):
+    path = tmp_path / "u.yaml"
+    path.write_text(CONFIG.split("defenses:")[0].replace("mnist-sample", "{name: mnist-5k}") +
+                    "partition: {name: label-skew, train: 40, test: 20}\ndefenses: [hyperfl]\n")
+    frame = utility.run(load_config(path), tmp_path, show_progress=False)
+    assert list(frame["defense"]) == ["none", "hyperfl"] and frame["accuracy"].between(0, 1).all()
+    assert (frame["dataset"] == "mnist-5k").all()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("partition: dirichlet\n", "partition must be one of iid, label-skew"),
+    ("partition: {name: label-skew, alpha: 0.1}\n", "unknown field 'alpha'; known: classes, share, train, test"),
+    ("partition: {name: label-skew, share: 1.5}\n", "partition share must be a number in"),
+    ("partition: {name: label-skew, classes: 0}\n", "partition classes must be a whole number >= 1"),
+    ("dataset: {split: train}\n", "dataset must be a name or a mapping with 'name'"),
+])
+def test_bad_partitions_and_datasets_are_named(tmp_path, text, message):
+    path = tmp_path / "u.yaml"
+    path.write_text(text + "defenses: [none]\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
