@@ -8,7 +8,7 @@ import torch
 
 from giabench.checks import Param
 from giabench.contracts import Client
-from giabench.defenses.mechanisms import gaussian_like
+from giabench.privacy import gaussian_like
 from giabench.registry import defense
 
 

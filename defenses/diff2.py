@@ -18,7 +18,8 @@ estimator v_r ~ grad f(x): the multi-round attack).
 
 Privacy (per node, one record, q = 1): ceil(R/T) Gaussian releases with noise multiplier z1 and R - ceil(R/T) with
 z2 over ``total_rounds`` R, composed by Opacus' RDP accountant, epsilon at ``delta``, for the stated ``adjacency``:
-add-remove (the ClippedMean moves by C/n) or replace-one (2C/n, so z1 and z2 count half).
+add-remove (the clipped sum moves by C; the node's n is public, so the division by it is post-processing) or
+replace-one (2C, so z1 and z2 count half). Each share() records its releases in ``releases``.
 """
 
 from __future__ import annotations
@@ -30,37 +31,40 @@ import torch
 from giabench import checks
 from giabench.checks import Param
 from giabench.contracts import Client
-from giabench.defenses.mechanisms import clip_samples, gaussian_like
+from giabench.defenses.mechanisms import clip_samples
 from giabench.errors import ConfigError
 from giabench.federation import Federation, load_parameters, mean_update
-from giabench.privacy import ADJACENCY, DELTA, rdp_epsilon
+from giabench.privacy import ADJACENCY, DELTA, gaussian_release, rdp_epsilon
 from giabench.protocols import Update
 from giabench.registry import defense
 
 VIEWS = ("telescoped", "difference")
 
 
-def clipped_mean(vectors: Update, clip: float) -> Update:
-    """(1/n) sum_i min(1, C/||u_i||) u_i (DIFF2's Alg. 2) over stacked per-sample vectors u_i, differentiable."""
-    return {k: v.mean(0) for k, v in clip_samples(vectors, clip).items()}
+def clipped_sum(vectors: Update, clip: float) -> Update:
+    """sum_i min(1, C/||u_i||) u_i over stacked per-sample vectors u_i, differentiable; n times DIFF2's Alg. 2
+    ClippedMean."""
+    return {k: v.sum(0) for k, v in clip_samples(vectors, clip).items()}
+
+
+def _released_mean(total: Update, n: int, noise: float, bound: float, generator) -> Update:
+    """(clipped sum + N(0, (z bound)^2 I)) / n: the Gaussian release of the sum (sensitivity ``bound``), divided by
+    the node's public sample count n."""
+    if generator is not None and noise > 0:
+        total = gaussian_release(total, noise * bound, bound, generator)
+    return {k: v / n for k, v in total.items()}
 
 
 def restart_message(protocol, params, x, y, clip, noise, generator) -> Update:
-    message = clipped_mean(protocol.per_sample_gradients(params, x, y), clip)
-    if generator is not None and noise > 0:
-        message = {k: v + gaussian_like(v, noise * clip / x.shape[0], generator) for k, v in message.items()}
-    return message
+    total = clipped_sum(protocol.per_sample_gradients(params, x, y), clip)
+    return _released_mean(total, x.shape[0], noise, clip, generator)
 
 
 def difference_message(protocol, new, old, x, y, clip, noise, generator) -> Update:
     distance = float(torch.sqrt(sum((new[k] - old[k]).pow(2).sum() for k in new)))
     at_new, at_old = protocol.per_sample_gradients(new, x, y), protocol.per_sample_gradients(old, x, y)
-    diffs = {k: at_new[k] - at_old[k] for k in at_new}
-    message = clipped_mean(diffs, clip * distance)
-    if generator is not None and noise > 0:
-        std = noise * clip * distance / x.shape[0]
-        message = {k: v + gaussian_like(v, std, generator) for k, v in message.items()}
-    return message
+    total = clipped_sum({k: at_new[k] - at_old[k] for k in at_new}, clip * distance)
+    return _released_mean(total, x.shape[0], noise, clip * distance, generator)
 
 
 def epsilon(noise1: float, noise2: float, period: int, total_rounds: int, delta: float,
@@ -171,7 +175,19 @@ class DIFF2(Client):
             total = {k: total[k] + d[k] for k in total}
         return total
 
+    def account(self, x):
+        """The message's releases: the last difference (view difference), or the restart and every difference
+        since (telescoped)."""
+        differences = len(self.iterates) - 1
+        if self.view == "difference":
+            self.releases.append((self.noise2, 1.0, 1))
+            return
+        self.releases.append((self.noise1, 1.0, 1))
+        if differences:
+            self.releases.append((self.noise2, 1.0, differences))
+
     def share(self, x, y, generator):
+        self.account(x)
         return {k: v.detach() for k, v in self._message(x.detach(), y, generator).items()}
 
     def simulate(self, x, y):

@@ -21,8 +21,8 @@ import torch
 
 from giabench.checks import Param
 from giabench.contracts import Client
-from giabench.defenses.mechanisms import clip_samples, gaussian_like
-from giabench.privacy import ADJACENCY, DELTA, check_adjacency, dp_cost
+from giabench.defenses.mechanisms import clip_samples
+from giabench.privacy import ADJACENCY, DELTA, check_adjacency, dp_cost, gaussian_release
 from giabench.registry import defense
 
 
@@ -70,8 +70,7 @@ class DPSGD(Client):
                 x, y = x[keep.to(x.device)], y[keep.to(y.device)]
             total = clipped_sum(protocol, params, x, y, self.clip)
             if generator is not None and self.noise_multiplier > 0:
-                std = self.noise_multiplier * self.clip
-                total = {k: v + gaussian_like(v, std, generator) for k, v in total.items()}
+                total = gaussian_release(total, self.noise_multiplier * self.clip, self.clip, generator)
             return {k: v / (n * (q if generator is not None else 1.0)) for k, v in total.items()}
 
         return private_gradient

@@ -1,5 +1,5 @@
-"""The pieces defenses are built of: clipping a whole update or each sample's gradient, and Gaussian noise drawn
-from the cell's generator."""
+"""The pieces defenses are built of: clipping a whole update or each sample's gradient (their Gaussian noise is
+``giabench.privacy.gaussian_release``)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,3 @@ def clip_samples(grads: Update, bound: float) -> Update:
     norms = torch.sqrt(sum(v.pow(2).flatten(1).sum(1) for v in grads.values()))
     scale = torch.clamp(bound / (norms + 1e-12), max=1.0)
     return {k: v * scale.view(-1, *[1] * (v.dim() - 1)) for k, v in grads.items()}
-
-
-def gaussian_like(tensor: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
-    """N(0, std^2) noise of ``tensor``'s shape drawn on the CPU from ``generator`` (device-independent numbers)."""
-    noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
-    return std * noise.to(tensor.device)

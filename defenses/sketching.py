@@ -31,9 +31,9 @@ import torch
 from giabench.checks import Param
 from giabench.contracts import Client
 from giabench.defenses.dp_sgd import DPSGD
-from giabench.defenses.mechanisms import clip_update, gaussian_like
+from giabench.defenses.mechanisms import clip_update
 from giabench.errors import ConfigError, NotApplicable
-from giabench.privacy import ADJACENCY, DELTA, dp_cost
+from giabench.privacy import ADJACENCY, DELTA, dp_cost, gaussian_release
 from giabench.protocols import Update
 from giabench.registry import defense
 
@@ -158,7 +158,8 @@ class Sketching(Client):
             update = clip_update(update, self.clip)
         y = self.sketch.apply(flatten(update))
         if self.noise == "post" and generator is not None and self.noise_multiplier > 0:
-            y = y + gaussian_like(y, self.noise_multiplier * self.sketch.norm() * self.clip, generator)
+            bound = self.sketch.norm() * self.clip
+            y = gaussian_release({"sketch": y}, self.noise_multiplier * bound, bound, generator)["sketch"]
         return {"sketch": y}
 
     def account(self, x):

@@ -9,12 +9,18 @@ z / 2 under replace-one.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
 
 from giabench.checks import Param
 from giabench.errors import ConfigError
 
 ADJACENCIES = ("add-remove", "replace-one")
 Release = tuple[float, float, int]  # (noise multiplier, sample rate, steps): one entry of an accountant's history
+Tensors = dict[str, torch.Tensor]
 
 #: the parameters every DP defense documents alike
 ADJACENCY = Param("the neighbouring datasets epsilon holds for: one record added or removed, or one replaced",
@@ -48,3 +54,56 @@ def rdp_epsilon(history: list[Release], delta: float, adjacency: str = "add-remo
     accountant = RDPAccountant()
     accountant.history = history
     return float(accountant.get_epsilon(delta))
+
+
+def gaussian_like(tensor: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """N(0, std^2) noise of ``tensor``'s shape drawn on the CPU from ``generator`` (device-independent numbers)."""
+    noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+    return std * noise.to(tensor.device)
+
+
+@dataclass
+class Observed:
+    """One Gaussian release as an audit sees it: the value before noise, the released value, and the L2
+    sensitivity of the value to one record (added or removed) that the mechanism's accountant assumes."""
+
+    value: Tensors
+    released: Tensors
+    sensitivity: float
+
+
+_observed: list[Observed] | None = None  # the releases an audit in progress collects (None: no audit)
+_noiseless = False  # an audit's sensitivity pass: releases return their value without drawing noise
+
+
+@contextmanager
+def observing(noiseless: bool = False) -> Iterator[list[Observed]]:
+    """Collect every release made inside the block (``noiseless``: draw no noise, so neighbours' values can be
+    compared along the same path); used by ``giabench.privacy_audit``."""
+    global _observed, _noiseless
+    saved = _observed, _noiseless
+    _observed, _noiseless = [], noiseless
+    try:
+        yield _observed
+    finally:
+        _observed, _noiseless = saved
+
+
+def observe_release(value: Tensors, released: Tensors, sensitivity: float) -> None:
+    """Report one release to an audit in progress (a mechanism that draws its noise itself, such as Opacus'
+    DPOptimizer, calls this with what it computed and released)."""
+    if _observed is not None:
+        _observed.append(Observed({k: v.detach().cpu().clone() for k, v in value.items()},
+                                  {k: v.detach().cpu().clone() for k, v in released.items()}, float(sensitivity)))
+
+
+def gaussian_release(value: Tensors, std: float, sensitivity: float, generator: torch.Generator) -> Tensors:
+    """The Gaussian mechanism every DP defense draws its noise through: value + N(0, std^2 I), each tensor in
+    order from ``generator``. ``sensitivity`` is the L2 sensitivity of ``value`` to one record added or removed
+    that the accountant's noise multiplier refers to (std = z * sensitivity); an audit checks both."""
+    if _noiseless:
+        released = dict(value)
+    else:
+        released = {k: v + gaussian_like(v, std, generator) for k, v in value.items()}
+    observe_release(value, released, sensitivity)
+    return released

@@ -48,7 +48,7 @@ def test_every_packaged_reproduction_loads_with_a_source_and_rows(ident):
 def test_the_issue_rows_are_packaged():
     required = {"survey-rtf", "survey-ig-b4", "survey-fedavg", "breaching-dlg", "breaching-rgap", "breaching-ig",
                 "breaching-gradinv", "breaching-multistep", "spear", "cpa", "dimitrov-fedavg", "hyperfl-attack",
-                "diff2", "dgc"}
+                "hyperfl-acc", "diff2", "dgc"}
     assert required <= set(reproduction.packaged_ids())
 
 
