@@ -8,7 +8,8 @@ with ``observe_release``): the value before noise, the released value and the se
 
 - Count: one message makes exactly as many Gaussian releases as its accountant composed.
 - Sensitivity: on noise-free runs of the two neighbours along the same random path, ||v(D') - v(D)|| <= S per release
-  (2 S under replace-one), for the canary, among ``CANDIDATES`` records, that moves the first release most. A later
+  (2 S under replace-one), for the canary, among ``CANDIDATES`` records (a mislabelled image has a large gradient,
+  so clipping is exercised), that moves the first release most. A later
   local step also sees the canary's influence on the weights through the earlier steps, hence ``SENSITIVITY_SLACK``.
 - Calibration: over ``draws`` messages with fresh generators, the noise actually added (released - value) has
   variance (z S)^2 per entry, along the neighbours' difference and along random directions. With known mean 0 and
@@ -41,7 +42,8 @@ from giabench.suite import Cell
 
 ALPHA = 1e-4  # two-sided miss rate of each calibration interval
 RANDOM_DIRECTIONS = 3
-CANDIDATES = 4  # canary records tried; the one that moves the first release most is audited
+CANDIDATES = 8  # canary records tried (images outside the batch, labelled and mislabelled); the one that moves the
+#                first release most is audited
 SENSITIVITY_SLACK = 0.02
 CONFIDENCE = 0.95  # of each Clopper-Pearson bound in the lower bound
 
@@ -297,7 +299,28 @@ def audit_cell(cell: Cell, env: runner.Environment | None = None, draws: int = 2
     rest = torch.ones(len(imageset), dtype=torch.bool)
     rest[index] = False
     outside = torch.nonzero(rest).flatten()
-    pick = outside[torch.randperm(len(outside), generator=_generator(cell.seed))[:CANDIDATES]]
-    candidates = [(imageset.images[i:i + 1], imageset.labels[i:i + 1]) for i in pick.tolist()]
+    pick = outside[torch.randperm(len(outside), generator=_generator(cell.seed))[:CANDIDATES // 2]]
+    candidates = [(imageset.images[i:i + 1], (imageset.labels[i:i + 1] + shift) % imageset.num_classes)
+                  for i in pick.tolist() for shift in (0, 1)]  # each image with its label and mislabelled
     return audit(setting_label(cell), make_client, imageset.images[index], imageset.labels[index], candidates, draws,
                  lower_draws, cell.seed)
+
+
+SUMMARY_COLUMNS = ["setting", "adjacency", "delta", "epsilon_claimed", "epsilon_release", "epsilon_lower",
+                   "lower_draws", "draws", "checks", "checks_passed", "passed", "failures"]
+CHECK_COLUMNS = ["setting", "release", "what", "expected", "measured", "low", "high", "passed"]
+
+
+def summary_rows(audits: list[Audit]) -> list[dict]:
+    """One row per audited setting: the claims, the lower bound with its draws, how many checks passed."""
+    return [{"setting": a.setting, "adjacency": a.adjacency, "delta": a.delta, "epsilon_claimed": a.claimed,
+             "epsilon_release": a.release_claim, "epsilon_lower": a.lower if a.lower is not None else math.nan,
+             "lower_draws": a.lower_draws, "draws": a.draws, "checks": len(a.checks),
+             "checks_passed": sum(c.passed for c in a.checks), "passed": a.passed, "failures": " | ".join(a.failures)}
+            for a in audits]
+
+
+def check_rows(audits: list[Audit]) -> list[dict]:
+    return [{"setting": a.setting, "release": c.release, "what": c.what, "expected": c.expected,
+             "measured": c.measured, "low": c.low, "high": c.high, "passed": c.passed}
+            for a in audits for c in a.checks]

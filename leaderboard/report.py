@@ -28,7 +28,7 @@ from markupsafe import Markup
 
 from giabench.contracts import is_private
 from giabench.errors import GiabenchError
-from giabench.leaderboard import gallery, plots, rounds, summary, tables
+from giabench.leaderboard import dp_audit, gallery, plots, rounds, summary, tables
 from giabench.registry import registry
 from giabench.store import Store
 
@@ -36,7 +36,10 @@ GROUP = ["dataset", "model", "model_params", "protocol", "protocol_params", "bat
 INTEGER_COLUMNS = {"batch_size", "seed", "iterations", "bytes", "cells", "not_applicable", "failed", "rank"}
 COLUMN_NAMES = {"iterations": "budget", "batch_size": "B", "label_acc": "label acc", "label_set_acc": "label set acc",
                 "not_applicable": "n/a", "threat_model": "threat", "above": "share above 25 dB",
-                "epsilon_training": "epsilon (training run)", "client_epsilon": "epsilon (client's accountant)"}
+                "epsilon_training": "epsilon (training run)", "client_epsilon": "epsilon (client's accountant)",
+                "epsilon_claimed": "epsilon claimed (message)", "epsilon_release": "epsilon claimed (first release)",
+                "epsilon_lower": "empirical lower bound", "lower_draws": "draws per neighbour",
+                "checks_passed": "checks passed"}
 SUMMARY_COLUMNS = [("defense", "defenses"), ("attack", "attacks"), ("dataset", "text"), ("model", "text"),
                    ("batch_size", "int"), ("psnr", "2"), ("above", "2"), ("images", "int"), ("epsilon", "2"),
                    ("delta", "text"), ("adjacency", "text"), ("bytes", "int"), ("accuracy", "3"),
@@ -243,6 +246,20 @@ def _table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> dict:
     return {"head": head, "rows": rows}
 
 
+def _privacy_table(run_dir: Path) -> dict | None:
+    """The run's privacy audit (``privacy_audit.csv``), one row per DP defense setting; None without one."""
+    audited = dp_audit.read_summary(run_dir)
+    if audited is None:
+        return None
+    audited = audited.assign(verdict=["pass" if bool(p) else "FAIL: " + f for p, f in
+                                      zip(audited["passed"], audited["failures"], strict=True)],
+                             checks_passed=[f"{int(p)} of {int(n)}" for p, n in
+                                            zip(audited["checks_passed"], audited["checks"], strict=True)])
+    return _table(audited, [("setting", "text"), ("adjacency", "text"), ("delta", "text"),
+                            ("epsilon_claimed", "2"), ("epsilon_release", "2"), ("epsilon_lower", "2"),
+                            ("lower_draws", "int"), ("checks_passed", "text"), ("verdict", "text")])
+
+
 def utility_points(tradeoff: pd.DataFrame | None) -> pd.DataFrame:
     """The privacy-utility plot's points: one per defense setting, labelled with its changed parameters."""
     if tradeoff is None or tradeoff.empty:
@@ -311,5 +328,6 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
                                    ("adjacency_training", "text")]) if tradeoff is not None and len(tradeoff) else None,
         rounds=_table(per_round, ROUND_COLUMNS) if len(per_round) else None,
         unscored=int((per_round["lpips_source"] == "unscored").sum()),
-        details=_details(frame, run_dir, stored), colour=leakage_colour, number=number)
+        privacy=_privacy_table(run_dir), details=_details(frame, run_dir, stored), colour=leakage_colour,
+        number=number)
     Path(path).write_text(page, encoding="utf-8")

@@ -103,3 +103,25 @@ def test_the_gate_fails_when_the_plugin_defense_leaks_more(gated):
     assert done.returncode == 1, done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("REGRESSION")]
     assert lines and all("toy-momentum" in line for line in lines), done.stdout
+
+
+DP_SUITE = """
+name: toy-dp
+defaults: {dataset: mnist-sample, model: {name: mlp, width: 16}, protocol: fedsgd, batch_size: 2,
+           attack: {name: ig, iterations: 1}}
+grid:
+  defense: {name: toy-dp, noise_multiplier: 1.0}
+"""
+
+
+@pytest.mark.parametrize("scale, code", [("1", 0), ("0.5", 3)])
+def test_the_privacy_audit_checks_a_plugin_s_dp_defense(tmp_path, scale, code):
+    """The audit names no defense: a plugin's mechanism is audited as built-ins are, and caught drawing half its
+    noise."""
+    (tmp_path / "dp.yaml").write_text(DP_SUITE)
+    done = giabench("dp-audit", str(tmp_path / "dp.yaml"), "--out", str(tmp_path / "out"), "--draws", "50",
+                    "--lower-draws", "0", "--quiet", env={"TOY_DP_NOISE_SCALE": scale})
+    assert done.returncode == code, done.stderr
+    assert ("pass  defense toy-dp" if code == 0 else "FAIL  defense toy-dp") in done.stdout
+    if code:
+        assert "release 0 of 1: noise std per entry" in done.stdout and "the accountant's is 2 " in done.stdout

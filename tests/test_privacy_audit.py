@@ -48,18 +48,21 @@ def test_every_dp_setting_adds_the_noise_its_accountant_counts(cell):
     assert math.isfinite(report.claimed) and report.release_claim <= report.claimed + 1e-9
 
 
-def _only(name):
-    return next(c for c in SMOKE + MORE if c.defense.name == name and c.protocol.name == "fedsgd")
+def _only(name, noise=None):
+    return next(c for c in SMOKE + MORE if c.defense.name == name and c.protocol.name == "fedsgd"
+                and c.defense.params.get("noise", noise) == noise)
 
 
 def _half_noise(release):
     return lambda value, std, sensitivity, generator: release(value, 0.5 * std, sensitivity, generator)
 
 
-@pytest.mark.parametrize("module, cell", [(dp_sgd, "dp-sgd"), (sketching, "sketch"), (diff2, "diff2")])
-def test_half_the_noise_on_a_defense_s_release_is_caught(monkeypatch, module, cell):
+@pytest.mark.parametrize("module, cell, noise", [(dp_sgd, "dp-sgd", None), (dp_sgd, "sketch", "pre"),
+                                                 (sketching, "sketch", "post"), (diff2, "diff2", None)])
+def test_half_the_noise_on_a_defense_s_release_is_caught(monkeypatch, module, cell, noise):
+    """DP-SGD's noise (also before a sketch), the noise after a sketch, DIFF2's."""
     monkeypatch.setattr(module, "gaussian_release", _half_noise(privacy.gaussian_release))
-    report = privacy_audit.audit_cell(_only(cell), draws=100)
+    report = privacy_audit.audit_cell(_only(cell, noise), draws=100)
     assert report.failures and all("noise std" in line for line in report.failures)
     per_entry = [c for c in report.checks if c.what == "noise std per entry"]
     assert per_entry and all(not c.passed and abs(c.measured / c.expected - 0.5) < 0.01 for c in per_entry)
@@ -129,3 +132,72 @@ def test_the_lower_bound_of_calibrated_gaussian_scores_stays_below_the_claim():
     lower = privacy_audit.lower_bound(d, d2, 1e-5)
     assert 0.5 < lower < claim  # z = 1, one release: 4.73 claimed
     assert privacy_audit.lower_bound(d, d + 100, 1e-5) > claim  # perfectly separated: far above
+
+
+class OpacusReference(Client):
+    """Opacus' own DPOptimizer as the mechanism: one DP-SGD step (sum loss, clip C, noise z C on the clipped sum);
+    the clipped sum and the noisy sum it released (its gradient: a sum loss is not rescaled) reported to the audit.
+    ``drawn``
+    scales the noise multiplier Opacus is given, while the accountant counts ``z``."""
+
+    def __init__(self, protocol, z: float = 1.0, clip: float = 1.0, drawn: float = 1.0):
+        super().__init__(protocol)
+        self.z, self.clip, self.drawn = z, clip, drawn
+
+    def share(self, x, y, generator):
+        import copy
+
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        self.releases.append((self.z, 1.0, 1))
+        model = GradSampleModule(copy.deepcopy(self.protocol.model))
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+        optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=self.z * self.drawn,
+                                max_grad_norm=self.clip, expected_batch_size=len(x), loss_reduction="sum",
+                                generator=torch.Generator().manual_seed(seed))
+        torch.nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+        optimizer.pre_step()
+        named = [(n.removeprefix("_module."), p) for n, p in model.named_parameters()]
+        privacy.observe_release({n: p.summed_grad for n, p in named}, {n: p.grad for n, p in named},
+                                self.clip)
+        return {n: p.grad.detach() for n, p in named}
+
+    def cost(self):
+        return {**super().cost(), **privacy.dp_cost(self.releases, 1, 1e-5, "add-remove")}
+
+
+@pytest.mark.parametrize("drawn", [1.0, 0.5])
+def test_opacus_dp_optimizer_is_audited_by_the_same_code(drawn):
+    images = data.load("mnist-sample")
+    protocol = protocols.build("fedsgd", {}, models.build("mlp", {"width": 16}, images, "untrained", seed=0))
+    candidates = [(images.images[i:i + 1], (images.labels[i:i + 1] + 1) % 10) for i in range(4, 8)]
+    report = privacy_audit.audit("opacus", lambda: OpacusReference(protocol, drawn=drawn), images.images[:4],
+                                 images.labels[:4], candidates, draws=100)
+    assert report.passed == (drawn == 1.0), report.failures
+    sensitivity = next(c for c in report.checks if c.what == "sensitivity")
+    assert sensitivity.passed and sensitivity.measured > 0.5  # the mislabelled canary's clipped gradient
+
+
+TINY = """
+name: dptiny
+defaults: {dataset: mnist-sample, model: {name: mlp, width: 8}, protocol: fedsgd, batch_size: 1}
+grid:
+  attack: {name: ig, iterations: 5, tv: 0.0}
+  defense: [none, {name: dp-sgd, noise_multiplier: 1.0}]
+  seed: [0]
+"""
+
+
+def test_a_run_audits_its_dp_settings_into_its_report_and_exits_3_when_one_fails(tmp_path, monkeypatch):
+    from giabench.app import cli
+
+    (tmp_path / "s.yaml").write_text(TINY)
+    assert cli.main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "ok"), "--quiet"]) == 0
+    summary = (tmp_path / "ok" / "privacy_audit.csv").read_text()
+    assert summary.count("\n") == 2 and "defense dp-sgd" in summary  # one DP setting; none is not audited
+    page = (tmp_path / "ok" / "leaderboard.html").read_text()
+    assert "Privacy audit of the DP defenses" in page and "4.73" in page
+    monkeypatch.setattr(dp_sgd, "gaussian_release", _half_noise(privacy.gaussian_release))
+    assert cli.main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "bad"), "--quiet"]) == 3
+    assert "FAIL: " in (tmp_path / "bad" / "leaderboard.html").read_text()

@@ -97,7 +97,7 @@ def test_the_report_loads_without_errors_with_every_part_and_image(browser, repo
 def test_a_header_click_sorts_every_table_both_ways(browser, report):
     page, errors = _open(browser, report, 1400)
     tables = page.locator("table.sortable")
-    assert tables.count() == 4  # defense summary, privacy-utility, ranking, label track
+    assert tables.count() == 5  # defense summary, privacy audit, privacy-utility, ranking, label track
     for t in range(tables.count()):
         table = tables.nth(t)
         headers = table.locator("thead th")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from giabench import components, protocols, threats
+from giabench.leaderboard import dp_audit as audit_tables
 from giabench.leaderboard.report import label
 from giabench.metrics import LEAK_DB
 from giabench.registry import attacks
@@ -147,6 +148,12 @@ def write_report(out: Path, suite_file: Path, lines: list[str], skipped: list[tu
                     f"{row['worst_attack']} | {row['epsilon']:.3g} | {row['run_epsilon']:.3g} | "
                     f"{f'{row.delta:.0e}' if private else '-'} | {row['adjacency'] or '-'} | {row['bytes']:,} | "
                     f"{row['accuracy']:.3f} |")
+    audited = audit_tables.read_summary(out)
+    if audited is not None:
+        text += ["", "## Privacy audit of the DP settings", "",
+                 "Each DP setting's noise against its accountant (release count, sensitivity, noise variance) and the "
+                 "empirical lower bound on its first release's epsilon (`privacy_calibration.csv` has every check):",
+                 "", "```", audit_tables.terminal(audited), "```"]
     for title, name in (("Leakage against batch size", "leakage_batch.svg"),
                         ("Leakage against local steps", "leakage_steps.svg")):
         if figures.get(name):

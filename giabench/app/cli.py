@@ -10,7 +10,7 @@ import signal
 import sys
 
 from giabench import __version__
-from giabench.app import audit, commands, describe, reproduce
+from giabench.app import audit, commands, describe, dp_audit, reproduce
 from giabench.errors import GiabenchError
 from giabench.registry import KINDS, protocols
 
@@ -133,6 +133,19 @@ def _parser() -> argparse.ArgumentParser:
                             "paper's setting needs a GPU or data this machine lacks (never reported as reproduced)")
     repro.add_argument("--download", action="store_true", help="allow torchvision to download missing datasets")
 
+    dp = command("dp-audit", "audit every DP defense setting of a suite: the noise each release adds against its "
+                             "accountant (count, sensitivity, variance) and an empirical epsilon lower bound",
+                 "data_root", "quiet")
+    dp.add_argument("suite_spec", metavar="suite", help="a packaged suite name or a YAML file")
+    dp.add_argument("--out", help="folder of privacy_audit.csv and privacy_calibration.csv (default: "
+                                  "runs/SUITE-dp-audit)")
+    dp.add_argument("--draws", type=int, default=dp_audit.DRAWS,
+                    help="messages per setting for the calibration (default: %(default)s)")
+    dp.add_argument("--lower-draws", type=int, default=dp_audit.LOWER_DRAWS,
+                    help="messages per neighbour for the lower bound, 0 to skip it (default: %(default)s)")
+    dp.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    dp.add_argument("--threads", type=int, default=1, help="CPU threads (default: %(default)s); recorded")
+
     gan = command("train-generator", "train a DCGAN image prior for the generative attacks; writes OUT (.pt), OUT's "
                                      ".json (config, sha256) and sample grids", "quiet")
     gan.add_argument("--dataset", required=True, help="a dataset name, e.g. mnist-5k or natural-patches")
@@ -153,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
 COMMANDS = {"run": commands.run, "audit": audit.run, "list": describe.list_components, "describe": describe.describe,
             "leaderboard": commands.leaderboard, "show": commands.show, "compare": commands.compare,
             "regress": commands.regress, "utility": commands.utility_run, "train-generator": commands.train_generator,
-            "reproduce": reproduce.run}
+            "reproduce": reproduce.run, "dp-audit": commands.dp_audit_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,14 +12,17 @@ import tempfile
 from pathlib import Path
 
 from giabench import data, executors, numerics, runner, suite, utility, utility_config
+from giabench.app import dp_audit
 from giabench.attacks.generators import training
 from giabench.errors import GiabenchError
 from giabench.leaderboard import compare as comparison
+from giabench.leaderboard import dp_audit as audit_tables
 from giabench.leaderboard import plots, report, rounds, summary, tables, tradeoff
 from giabench.leaderboard import regress as gate
 from giabench.store import DB_NAME, Store
 
 EXIT_FAILED_CELLS = 1
+EXIT_PRIVACY_AUDIT = 3  # a DP defense adds less noise than its accountant counts (or otherwise fails its audit)
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -62,13 +65,14 @@ def run(suite_spec: str = "default", out: str | None = None, device: str = "cpu"
 def execute(loaded: suite.Suite, out: Path, env: runner.Environment, workers: int = 1, executor: str = "local",
             address: str | None = None, retry_failed: bool = False, quiet: bool = False) -> int:
     """Run ``loaded``'s cells (then its utility section) into ``out`` and print the leaderboard of its cells."""
-    stopped = None
+    stopped, audited = None, None
     with _StopOnSignals() as caught:
         try:
             runner.run_suite(loaded, out, env, workers=workers, show_progress=not quiet, retry_failed=retry_failed,
                              executor=executor, address=address)
             if loaded.utility is not None:
                 utility.run_once(loaded.utility, out / "utility", env.threads, not quiet)
+            audited = dp_audit.audit_into(loaded.cells, out, env, quiet=quiet)
         except KeyboardInterrupt:
             stopped = caught.get("signal", signal.SIGINT)
     cells = Store(out).cells() if (out / DB_NAME).is_file() else None
@@ -84,6 +88,10 @@ def execute(loaded: suite.Suite, out: Path, env: runner.Environment, workers: in
         print(f"giabench: {len(failed)} of {len(cells)} cells failed (status 'failed', the reason in 'note', e.g. "
               f"{failed['note'].iloc[0]!r}); rerun with --retry-failed", file=sys.stderr)
         return EXIT_FAILED_CELLS
+    if audited is not None and not audited["passed"].astype(bool).all():
+        print(f"giabench: a DP defense failed its privacy audit; see {out / audit_tables.SUMMARY_FILE}",
+              file=sys.stderr)
+        return EXIT_PRIVACY_AUDIT
     return 0
 
 
@@ -272,3 +280,21 @@ def utility_run(config: str, out: str = "runs/utility", data_root: str = "", thr
     print(frame[columns].to_string(index=False))
     print(f"wrote {folder / 'utility.csv'}")
     return 0
+
+
+def dp_audit_run(suite_spec: str, out: str | None = None, draws: int = dp_audit.DRAWS,
+                 lower_draws: int = dp_audit.LOWER_DRAWS, device: str = "cpu", threads: int = 1, data_root: str = "",
+                 quiet: bool = False) -> int:
+    """``giabench dp-audit``: audit a suite's DP settings; the table printed, exit status 1 when any fails."""
+    if draws < 10 or lower_draws < 0:
+        raise GiabenchError(f"--draws must be >= 10 and --lower-draws >= 0, got {draws} and {lower_draws}")
+    loaded = suite.load(suite_spec)
+    folder = out_dir(out, Path("runs") / f"{loaded.slug}-dp-audit")
+    env = environment(device, threads, 1, "local", None, data_root, False)
+    audited = dp_audit.audit_into(loaded.cells, folder, env, draws, lower_draws, quiet)
+    if audited is None:
+        print(f"giabench: suite {loaded.name} has no DP defense setting (none states an adjacency)")
+        return 0
+    print(audit_tables.terminal(audited))
+    print(f"\nwrote {folder / audit_tables.SUMMARY_FILE} and {folder / audit_tables.CHECKS_FILE}")
+    return 0 if audited["passed"].astype(bool).all() else EXIT_PRIVACY_AUDIT
