@@ -68,7 +68,7 @@ class Audit:
     setting: str
     adjacency: str
     delta: float
-    claimed: float  # epsilon over everything the cell's client releases (the defense's cost)
+    claimed: float  # the defense's cost: epsilon over every release and round it declares
     release_claim: float  # epsilon the accountant gives the first release alone
     draws: int
     checks: list[Check] = field(default_factory=list)

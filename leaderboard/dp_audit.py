@@ -37,8 +37,9 @@ def terminal(summary: pd.DataFrame) -> str:
             f"{row['epsilon_lower']:.3g} ({int(row['lower_draws'])} draws per neighbour)"
         lines.append(f"{'pass' if bool(row['passed']) else 'FAIL'}  {row['setting']}\n"
                      f"      {int(row['checks_passed'])}/{int(row['checks'])} checks; epsilon claimed "
-                     f"{row['epsilon_claimed']:.4g} over the message ({row['epsilon_release']:.4g} for its first "
-                     f"release) at delta {row['delta']:g}, {row['adjacency']}; empirical lower bound {lower}")
+                     f"{row['epsilon_claimed']:.4g} by the defense's cost ({row['epsilon_release']:.4g} for its "
+                     f"first release alone) at delta {row['delta']:g}, {row['adjacency']}; empirical lower bound "
+                     f"{lower}")
         if row["failures"]:
             lines += [f"      {line}" for line in str(row["failures"]).split(" | ")]
     return "\n".join(lines)

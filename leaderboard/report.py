@@ -37,7 +37,7 @@ INTEGER_COLUMNS = {"batch_size", "seed", "iterations", "bytes", "cells", "not_ap
 COLUMN_NAMES = {"iterations": "budget", "batch_size": "B", "label_acc": "label acc", "label_set_acc": "label set acc",
                 "not_applicable": "n/a", "threat_model": "threat", "above": "share above 25 dB",
                 "epsilon_training": "epsilon (training run)", "client_epsilon": "epsilon (client's accountant)",
-                "epsilon_claimed": "epsilon claimed (message)", "epsilon_release": "epsilon claimed (first release)",
+                "epsilon_claimed": "epsilon claimed (cost)", "epsilon_release": "epsilon claimed (first release)",
                 "epsilon_lower": "empirical lower bound", "lower_draws": "draws per neighbour",
                 "checks_passed": "checks passed"}
 SUMMARY_COLUMNS = [("defense", "defenses"), ("attack", "attacks"), ("dataset", "text"), ("model", "text"),
