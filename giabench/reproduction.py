@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from giabench import suite as suites
 from giabench.errors import ConfigError
+from giabench.intervals import clopper_pearson, cluster_bootstrap
 from giabench.utility_config import config_from_mapping
 from giabench.yamlfile import packaged, parse_yaml, read_text
 
@@ -50,7 +50,6 @@ RULES = ("interval", "range", "count", "at-least")
 BUDGETS = ("paper", "cpu")
 NEED_KINDS = ("cpu", "gpu", "data", "weights")
 WHERE_COLUMNS = ("attack", "defense", "dataset", "model", "protocol", "batch_size", "selection")
-BOOTSTRAP = 2000
 
 
 @dataclass(frozen=True)
@@ -245,27 +244,6 @@ def _selected(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
     return frame[keep]
 
 
-def _bootstrap(groups: list[np.ndarray], seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of the pooled mean, resampling whole cells (images of one batch are not
-    independent draws)."""
-    if len(groups) < 2:
-        values = np.concatenate(groups)
-        if len(values) < 2:
-            return math.nan, math.nan
-        groups = [values[i:i + 1] for i in range(len(values))]
-    rng = np.random.default_rng(seed)
-    sums, counts = np.array([g.sum() for g in groups]), np.array([len(g) for g in groups])
-    picks = rng.integers(0, len(groups), size=(BOOTSTRAP, len(groups)))
-    means = sums[picks].sum(1) / counts[picks].sum(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def clopper_pearson(hits: int, n: int) -> tuple[float, float]:
-    lo = stats.beta.ppf(0.025, hits, n - hits + 1) if hits > 0 else 0.0
-    hi = stats.beta.ppf(0.975, hits + 1, n - hits) if hits < n else 1.0
-    return float(lo), float(hi)
-
-
 @dataclass(frozen=True)
 class Measured:
     """Our figure: value, its 95 % interval (of the mean, or of single runs for ``range``) and what it pools."""
@@ -292,7 +270,7 @@ def measure(row: Row, cells: pd.DataFrame, images: pd.DataFrame, utility: pd.Dat
         if chosen.empty:
             return None
         values = chosen["accuracy"].to_numpy(float)
-        lo, hi = _bootstrap([values]) if len(values) > 1 else (math.nan, math.nan)
+        lo, hi = cluster_bootstrap([values]) if len(values) > 1 else (math.nan, math.nan)
         return Measured(float(values.mean()), lo, hi, f"{len(values)} run{'s' * (len(values) > 1)}")
     if cells.empty:
         return None
@@ -316,7 +294,7 @@ def measure(row: Row, cells: pd.DataFrame, images: pd.DataFrame, utility: pd.Dat
         lo, hi = (float(np.percentile(pooled, 2.5)), float(np.percentile(pooled, 97.5))) if len(pooled) else (
             math.nan, math.nan)
     else:
-        lo, hi = _bootstrap(groups)
+        lo, hi = cluster_bootstrap(groups)
     return Measured(float(pooled.mean()), lo, hi, f"{len(pooled)} images, {len(chosen)} batches")
 
 

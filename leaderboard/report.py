@@ -39,9 +39,11 @@ COLUMN_NAMES = {"iterations": "budget", "batch_size": "B", "label_acc": "label a
                 "epsilon_training": "epsilon (training run)", "client_epsilon": "epsilon (client's accountant)",
                 "epsilon_claimed": "epsilon claimed (cost)", "epsilon_release": "epsilon claimed (first release)",
                 "epsilon_lower": "empirical lower bound", "lower_draws": "draws per neighbour",
-                "checks_passed": "checks passed"}
+                "checks_passed": "checks passed", "psnr_interval": "PSNR 95 %", "above_interval": "share 95 %",
+                "versus_next": "against the next row"}
 SUMMARY_COLUMNS = [("defense", "defenses"), ("attack", "attacks"), ("dataset", "text"), ("model", "text"),
-                   ("batch_size", "int"), ("psnr", "2"), ("above", "2"), ("images", "int"), ("epsilon", "2"),
+                   ("batch_size", "int"), ("psnr", "2"), ("psnr_interval", "text"), ("above", "2"),
+                   ("above_interval", "text"), ("images", "int"), ("versus_next", "text"), ("epsilon", "2"),
                    ("delta", "text"), ("adjacency", "text"), ("bytes", "int"), ("accuracy", "3"),
                    ("epsilon_training", "2")]
 
@@ -246,6 +248,18 @@ def _table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> dict:
     return {"head": head, "rows": rows}
 
 
+def interval(lo: float, hi: float, digits: int) -> str:
+    return "" if pd.isna(lo) or pd.isna(hi) else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _with_intervals(defended: pd.DataFrame) -> pd.DataFrame:
+    """The defense summary with its intervals as text columns."""
+    return defended.assign(
+        psnr_interval=[interval(lo, hi, 2) for lo, hi in zip(defended["psnr_lo"], defended["psnr_hi"], strict=True)],
+        above_interval=[interval(lo, hi, 2) for lo, hi in zip(defended["above_lo"], defended["above_hi"],
+                                                              strict=True)])
+
+
 def _privacy_table(run_dir: Path) -> dict | None:
     """The run's privacy audit (``privacy_audit.csv``), one row per DP defense setting; None without one."""
     audited = dp_audit.read_summary(run_dir)
@@ -306,17 +320,20 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
         ("Privacy against utility", plots.privacy_utility(utility_points(tradeoff))),
         ("PSNR against epsilon", plots.psnr_epsilon(_epsilon_points(frame))),
         ("Leakage per round", plots.per_round(per_round))) if svg]
-    rank = tables.ranking(frame)
+    rank = tables.ranking(frame, images)
     rank.insert(0, "rank", rank.index)
+    rank["psnr_interval"] = [interval(lo, hi, 2) for lo, hi in zip(rank["psnr_lo"], rank["psnr_hi"], strict=True)]
     labels = tables.label_track(frame)
     environment = Environment(loader=PackageLoader("giabench.leaderboard", "templates"), autoescape=True)
     page = environment.get_template("report.html.j2").render(
-        title=title, cells=len(frame), summary=_table(defended, SUMMARY_COLUMNS) if len(defended) else None,
+        title=title, cells=len(frame),
+        summary=_table(_with_intervals(defended), SUMMARY_COLUMNS) if len(defended) else None,
         trained_on=", ".join(trained_on), lpips_source=str(frame["lpips_source"].iloc[0]) if len(frame) else "",
         matrices=matrices, plots=plot_list, galleries=_galleries(frame, images, run_dir, matrices),
         ranking=_table(rank, [("rank", "int"), ("attack", "attacks"), ("defense", "defenses"), ("dataset", "text"),
                               ("model", "models"), ("protocol", "protocols"), ("batch_size", "int"),
-                              ("threat_model", "text"), ("psnr", "2"), ("ssim", "3"), ("lpips", "3"),
+                              ("threat_model", "text"), ("psnr", "2"), ("psnr_interval", "text"), ("ssim", "3"),
+                              ("lpips", "3"),
                               ("iterations", "int"), ("exact", "2"), ("label_acc", "2"), ("epsilon", "2"),
                               ("delta", "text"), ("adjacency", "text"), ("bytes", "int"), ("cells", "int")]),
         labels=_table(labels, [("attack", "attacks"), ("defense", "defenses"), ("dataset", "text"),

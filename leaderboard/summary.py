@@ -7,19 +7,29 @@ defense's cost: epsilon of the attacked update (largest over the setting's cells
 bytes of that update, and, when a utility run trained under the same setting, its test accuracy and the epsilon
 composed over all its rounds. Rows run from most to least leakage; label-only attacks (no images) do not enter, and
 neither do cells that were not applicable or failed.
+
+Each mean PSNR carries its 95 % interval (a bootstrap over the setting's cells, their images resampled together) and
+each share above 25 dB its Clopper-Pearson interval. ``versus_next`` says whether a row's worst case can be told
+apart from the next row's: where both ran on the same private images (dataset, selection, batch size and seed), by a
+paired Wilcoxon signed-rank test on the per-image PSNR (apart when p < 0.05); elsewhere only whether the two
+intervals overlap.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
+from giabench.intervals import clopper_pearson, cluster_bootstrap, paired
 from giabench.leaderboard.tables import short
 from giabench.metrics import LEAK_DB
 
 SETTING = ["attack", "attack_params", "dataset", "model", "model_params", "protocol", "protocol_params", "batch_size"]
 DEFENSE = ["defense", "defense_params"]
-COLUMNS = [*DEFENSE, "attack", "attack_params", "dataset", "model", "batch_size", "psnr", "above", "images",
-           "seeds", "epsilon", "delta", "adjacency", "bytes", "accuracy", "epsilon_training"]
+COLUMNS = [*DEFENSE, "attack", "attack_params", "dataset", "model", "batch_size", "psnr", "psnr_lo", "psnr_hi",
+           "above", "above_lo", "above_hi", "images", "seeds", "versus_next", "epsilon", "delta", "adjacency", "bytes",
+           "accuracy", "epsilon_training"]
+SAME_IMAGES = ["dataset", "selection", "batch_size"]  # with the seed: the same private batch
 
 
 def defense_summary(cells: pd.DataFrame, images: pd.DataFrame, utility: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -32,22 +42,52 @@ def defense_summary(cells: pd.DataFrame, images: pd.DataFrame, utility: pd.DataF
         psnr=("psnr", "mean"), seeds=("cell", "size"), bytes=("bytes", "first")).reset_index()
     worst = means.loc[means.groupby(DEFENSE, dropna=False, sort=False)["psnr"].idxmax()]
     per_image = images.set_index("cell")["psnr"]
-    rows = []
+    rows, parts = [], []
     for _, row in worst.iterrows():
         part = scored[(scored[DEFENSE + SETTING] == row[DEFENSE + SETTING]).all(axis=1)]
+        parts.append(part)
         shown = per_image[per_image.index.isin(part["cell"])]
+        hits = int((shown > LEAK_DB).sum())
         defended = cells[(cells["defense"] == row["defense"]) & (cells["defense_params"] == row["defense_params"])
                          & (cells["status"] == "ok")]
         costly = defended.loc[defended["epsilon"].astype(float).idxmax()]
         adjacency = costly["adjacency"] if isinstance(costly["adjacency"], str) else ""
+        psnr_lo, psnr_hi = cluster_bootstrap([shown[shown.index == c].to_numpy() for c in part["cell"]])
+        above_lo, above_hi = clopper_pearson(hits, len(shown))
         rows.append({**{k: row[k] for k in DEFENSE + ["attack", "attack_params", "dataset", "model", "batch_size",
                                                      "psnr", "seeds", "bytes"]},
-                     "above": float((shown > LEAK_DB).mean()) if len(shown) else float("nan"),
-                     "images": len(shown), "epsilon": float(costly["epsilon"]),
+                     "psnr_lo": psnr_lo, "psnr_hi": psnr_hi,
+                     "above": hits / len(shown) if len(shown) else float("nan"), "above_lo": above_lo,
+                     "above_hi": above_hi, "images": len(shown), "epsilon": float(costly["epsilon"]),
                      "adjacency": adjacency, "delta": costly["delta"] if adjacency else None})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).assign(part=range(len(rows)))
     table = table.merge(_utility(utility), on=DEFENSE, how="left")
-    return table.sort_values("psnr", ascending=False, kind="stable").reset_index(drop=True)[COLUMNS]
+    table = table.sort_values("psnr", ascending=False, kind="stable").reset_index(drop=True)
+    table["versus_next"] = [versus(table.iloc[i], table.iloc[i + 1], parts[table["part"].iloc[i]],
+                                   parts[table["part"].iloc[i + 1]], images) if i + 1 < len(table) else ""
+                            for i in range(len(table))]
+    return table[COLUMNS]
+
+
+def versus(row: pd.Series, following: pd.Series, part: pd.DataFrame, other: pd.DataFrame,
+           images: pd.DataFrame) -> str:
+    """Whether a worst case leaks more than the next row's, paired on the images both ran on."""
+    a, b = _per_image(part, images), _per_image(other, images)
+    common = a.index.intersection(b.index)
+    if len(common) >= 2:
+        diff, lo, hi, p = paired(a[common].to_numpy(), b[common].to_numpy())
+        verdict = "apart" if p < 0.05 else "cannot be told apart"
+        return f"{verdict}: {diff:+.2f} dB [{lo:+.2f}, {hi:+.2f}] on {len(common)} shared images, paired p {p:.2g}"
+    overlap = not (row["psnr_lo"] > following["psnr_hi"] or following["psnr_lo"] > row["psnr_hi"])
+    if np.isnan([row["psnr_lo"], following["psnr_hi"]]).any():
+        return "no interval (one image)"
+    return f"different images; intervals {'overlap' if overlap else 'are disjoint'}"
+
+
+def _per_image(part: pd.DataFrame, images: pd.DataFrame) -> pd.Series:
+    """PSNR per private image, keyed by (dataset, selection, batch size, seed, slot)."""
+    merged = images.merge(part[["cell", "seed", *SAME_IMAGES]], on="cell")
+    return merged.groupby([*SAME_IMAGES, "seed", "image"])["psnr"].mean()
 
 
 def _utility(utility: pd.DataFrame | None) -> pd.DataFrame:
@@ -68,10 +108,14 @@ def terminal(table: pd.DataFrame) -> str:
         "worst attack": [short("attacks", a, p) for a, p in zip(table["attack"], table["attack_params"],
                                                                 strict=True)],
         "on": table["dataset"] + "/" + table["model"] + " B=" + table["batch_size"].astype(str),
-        "PSNR": table["psnr"].map("{:.2f}".format), "above 25 dB": table["above"].map("{:.0%}".format),
+        "PSNR [95 %]": [f"{p:.2f} [{lo:.2f}, {hi:.2f}]" if not np.isnan(lo) else f"{p:.2f}"
+                        for p, lo, hi in zip(table["psnr"], table["psnr_lo"], table["psnr_hi"], strict=True)],
+        "above 25 dB": table["above"].map("{:.0%}".format),
         "eps": table["epsilon"].map(lambda e: cost(e, 2)),
         "delta": table["delta"].map(lambda d: "" if pd.isna(d) else f"{d:g}"),
         "adjacency": table["adjacency"], "bytes": table["bytes"].astype(int),
         "accuracy": table["accuracy"].map(lambda a: cost(a, 3)),
         "eps (training)": table["epsilon_training"].map(lambda e: cost(e, 2))})
-    return view.to_string(index=False)
+    apart = "\n".join(f"  {d} vs {n}: {v}" for d, n, v in zip(view["defense"], view["defense"].iloc[1:],
+                                                              table["versus_next"], strict=False))
+    return view.to_string(index=False) + ("\n\neach worst case against the next row's:\n" + apart if apart else "")

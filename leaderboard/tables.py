@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from giabench.errors import GiabenchError
+from giabench.intervals import cluster_bootstrap
 from giabench.registry import registry
 from giabench.store import Store
 
@@ -28,10 +29,18 @@ def cells(run_dir: str | Path) -> pd.DataFrame:
     return frame[CSV_COLUMNS]
 
 
-def ranking(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean metrics per setting over seeds, most leakage (highest PSNR) first."""
+def ranking(frame: pd.DataFrame, images: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean metrics per setting over seeds, most leakage (highest PSNR) first; the PSNR's 95 % interval
+    (``psnr_lo``, ``psnr_hi``) a bootstrap over the setting's cells, with their per-image scores when ``images`` is
+    given."""
     grouped = frame.groupby(SETTING, dropna=False, sort=False)
     table = grouped[METRICS + ["exact", "iterations", "wall_s", "epsilon", "delta", "bytes"]].mean()
+    per_image = images.dropna(subset=["psnr"]).groupby("cell")["psnr"].apply(lambda s: s.to_numpy()) \
+        if images is not None and len(images) else pd.Series(dtype=object)
+    bounds = grouped.apply(lambda g: cluster_bootstrap(
+        [per_image[c] if c in per_image.index else g.loc[g["cell"] == c, "psnr"].dropna().to_numpy()
+         for c in g["cell"]]), include_groups=False)
+    table["psnr_lo"], table["psnr_hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
     table["adjacency"] = grouped["adjacency"].first()
     table["cells"] = grouped.size()
     table["not_applicable"] = grouped["status"].agg(lambda s: int((s == "not-applicable").sum()))
@@ -59,7 +68,10 @@ def terminal(table: pd.DataFrame) -> str:
     view = pd.DataFrame({
         "attack": labels("attacks", "attack_params"), "defense": labels("defenses", "defense_params"),
         "model": labels("models", "model_params"), "data": table["dataset"], "B": table["batch_size"],
-        "PSNR": table["psnr"].map("{:.2f}".format), "SSIM": table["ssim"].map("{:.3f}".format),
+        "PSNR": table["psnr"].map("{:.2f}".format),
+        "95 %": [f"[{lo:.2f}, {hi:.2f}]" if not pd.isna(lo) else "" for lo, hi in
+                 zip(table["psnr_lo"], table["psnr_hi"], strict=True)],
+        "SSIM": table["ssim"].map("{:.3f}".format),
         "LPIPS": table["lpips"].map("{:.3f}".format), "budget": table["iterations"].map("{:.0f}".format),
         "label": table["label_acc"].map("{:.2f}".format),
         "exact": table["exact"].map(lambda e: "" if pd.isna(e) else f"{e:.1f}"),

@@ -134,3 +134,24 @@ def test_the_defense_summary_has_one_row_per_defense_setting_most_leakage_first(
     assert none["epsilon"] == float("inf") and pd.isna(none["delta"]) and none["adjacency"] == ""
     assert dp["epsilon"] < float("inf") and dp["delta"] == 1e-5 and dp["adjacency"] == "add-remove"
     assert pd.isna(none["accuracy"])  # no utility run given
+
+
+def test_every_mean_carries_its_interval_and_the_summary_says_which_rows_it_can_tell_apart(run_dir):
+    from giabench.leaderboard import summary
+    from giabench.store import Store
+
+    frame, images = tables.cells(run_dir), Store(run_dir).images()
+    ranking = tables.ranking(frame, images)
+    assert ((ranking["psnr_lo"] <= ranking["psnr"]) & (ranking["psnr"] <= ranking["psnr_hi"])).all()
+    table = summary.defense_summary(frame, images)
+    none = table.iloc[0]
+    assert none["psnr_lo"] <= none["psnr"] <= none["psnr_hi"] and none["above_lo"] <= none["above"] <= none["above_hi"]
+    # none and dp-sgd ran IG on the same three images (dataset, selection, batch size, seeds): a paired test
+    assert none["versus_next"].startswith(("apart:", "cannot be told apart:")) and "3 shared images" in \
+        none["versus_next"] and table.iloc[1]["versus_next"] == ""
+    undefended = frame[frame["defense"] == "none"]
+    same = pd.concat([undefended, undefended.assign(defense_params='{"sigma": 0.0}', defense="gauss",
+                                                    cell=undefended["cell"] + "g")])
+    twin = pd.concat([images, images.assign(cell=images["cell"] + "g")])
+    paired = summary.defense_summary(same, twin)
+    assert paired.iloc[0]["versus_next"].startswith("cannot be told apart: +0.00 dB")

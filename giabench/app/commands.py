@@ -151,7 +151,7 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
         written = ""
     answer = f"\n\ndefenses, most leakage first (worst case over every attack):\n{summary.terminal(defended)}" \
         if len(defended) else ""
-    return tables.terminal(tables.ranking(frame)) + answer + written
+    return tables.terminal(tables.ranking(frame, Store(run_dir, create=False).images())) + answer + written
 
 
 def leaderboard(run_dir: str, utility_csv: str | None = None) -> int:
