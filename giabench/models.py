@@ -142,17 +142,24 @@ class ConvNet(nn.Module):
 
 
 @model("resnet18")
-def resnet18(shape, num_classes, *, width: int = 64, init: str = "he") -> nn.Module:
+def resnet18(shape, num_classes, *, width: int = 64, init: str = "he", activation: str = "relu") -> nn.Module:
     """ResNet-18 (He et al., CVPR 2016) with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool. Init
     ``he``, torchvision's (Kaiming-normal fan-out convolutions, batch norm 1 and 0), which the Inverting
-    Gradients code's ResNet and breaching's keep."""
+    Gradients code's ResNet and breaching's keep. ``activation: sigmoid`` puts a sigmoid in place of every ReLU, as
+    FedLeak's code does to its victim (Fan et al., USENIX Security 2025)."""
     checks.require("resnet18", "width", width, width == 64, "64 (the only width supported)")
+    checks.one_of("resnet18", "activation", activation, ("relu", "sigmoid"))
     net = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes,
                                     width_per_group=64)
     net.conv1 = nn.Conv2d(shape[0], 64, 3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     net.maxpool = nn.Identity()
     initialize(net, init, built="he")
+    if activation == "sigmoid":
+        for module in net.modules():
+            for name, child in module.named_children():
+                if isinstance(child, nn.ReLU):
+                    setattr(module, name, nn.Sigmoid())
     return net
 
 

@@ -53,7 +53,7 @@ def test_the_battery_follows_the_architecture(audited):
     attacks = {entry["attack"] if isinstance(entry["attack"], str) else entry["attack"]["name"]
                for entry in suite["grid"]}
     # gias: dcgan-patches is 3x32x32; spear and cpa: 32 ReLU units take a batch of 4; fishing: FedSGD
-    assert attacks == {"fc-invert", "infer-labels", "idlg", "ig", "rtf", "gias", "spear", "cpa", "fishing"}
+    assert attacks == {"fc-invert", "infer-labels", "idlg", "ig", "fedleak", "rtf", "gias", "spear", "cpa", "fishing"}
     report = (out / "audit.md").read_text()
     assert "- rgap: layer 2 (ReLU) is not invertible" in report
 

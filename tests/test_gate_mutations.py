@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from giabench import runner, suite
-from giabench.attacks import fedavg_invert, fishing, gradinversion
+from giabench.attacks import fedavg_invert, fedleak, fishing, gradinversion
 from giabench.attacks.analytic import RobbingTheFed
 from giabench.attacks.cpa import CocktailParty
 from giabench.attacks.optimization import InvertingGradients
@@ -156,6 +156,25 @@ def test_gate_fails_when_the_dgc_attacker_forgets_the_residuals_of_earlier_round
     monkeypatch.setattr(DeepGradientCompression, "transform", one_round)
     failures, _ = _gate(tmp_path, lambda c: c["defense"]["name"] == "dgc")
     assert any(line.startswith("weaker: ig") and "dgc" in line and "psnr" in line for line in failures), failures
+
+
+def test_gate_fails_when_fedleak_matches_the_smallest_entries_instead_of_the_largest(tmp_path, monkeypatch):
+    """FedLeak's partial matching keeps the largest half of each layer's entries; matching the smallest half instead
+    drops the smoke setting from ~28 dB to ~9 dB."""
+    monkeypatch.setattr(fedleak, "partial_distance", _smallest_half)
+    failures, _ = _gate(tmp_path, lambda c: c["attack"]["name"] == "fedleak")
+    assert any(line.startswith("weaker: fedleak") and "psnr" in line for line in failures), failures
+
+
+def _smallest_half(sim, obs, keep):
+    """FedLeak's distance on the ``keep`` share of entries of *smallest* magnitude."""
+    total = 0.0
+    for key, target in obs.items():
+        s, o = sim[key].flatten(), target.flatten()
+        mask = (s.detach().abs() <= s.detach().abs().kthvalue(max(1, int(keep * s.numel()))).values).to(s.dtype)
+        total = total + (mask * (s - o)).abs().mean() + 1 - torch.nn.functional.cosine_similarity(
+            mask * s, mask * o, dim=0, eps=1e-8)
+    return total
 
 
 @pytest.mark.parametrize("metric", ["psnr", "ssim"])
