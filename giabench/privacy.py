@@ -4,6 +4,10 @@ Adjacency (``ADJACENCIES``): ``add-remove`` (a dataset with one record more or l
 ``replace-one`` (one record swapped, the batch size fixed and known). Replacing a record moves a sum of clipped
 per-record terms by up to 2C instead of C, so the same noise std z C is a Gaussian mechanism with noise multiplier
 z / 2 under replace-one.
+
+The Gaussian releases themselves: every DP defense draws its noise through ``gaussian_release`` (a mechanism with its
+own noise reports it with ``observe_release``), so that ``giabench.privacy_audit`` can observe each release, the
+value before noise, what was released and the sensitivity it claims, and check them against the accountant.
 """
 
 from __future__ import annotations

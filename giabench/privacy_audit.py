@@ -9,8 +9,8 @@ with ``observe_release``): the value before noise, the released value and the se
 - Count: one message makes exactly as many Gaussian releases as its accountant composed.
 - Sensitivity: on noise-free runs of the two neighbours along the same random path, ||v(D') - v(D)|| <= S per release
   (2 S under replace-one), for the canary, among ``CANDIDATES`` records (a mislabelled image has a large gradient,
-  so clipping is exercised), that moves the first release most. A later
-  local step also sees the canary's influence on the weights through the earlier steps, hence ``SENSITIVITY_SLACK``.
+  so clipping is exercised), that moves the first release most. A later local step also sees the canary's influence
+  on the weights through the earlier steps, hence ``SENSITIVITY_SLACK``.
 - Calibration: over ``draws`` messages with fresh generators, the noise actually added (released - value) has
   variance (z S)^2 per entry, along the neighbours' difference and along random directions. With known mean 0 and
   nu samples, nu s^2 / sigma^2 ~ chi^2(nu); the check passes when the two-sided 1 - ``ALPHA`` interval of
