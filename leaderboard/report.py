@@ -28,6 +28,7 @@ from markupsafe import Markup
 
 from giabench.contracts import is_private
 from giabench.errors import GiabenchError
+from giabench.intervals import cluster_bootstrap
 from giabench.leaderboard import dp_audit, gallery, plots, rounds, summary, tables
 from giabench.registry import registry
 from giabench.store import Store
@@ -106,6 +107,8 @@ def _stats(cells: pd.DataFrame) -> dict:
         values = pd.to_numeric(ok[metric], errors="coerce").dropna()
         out[metric] = float(values.mean()) if len(values) else None
         out[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
+    psnr = pd.to_numeric(ok["psnr"], errors="coerce").dropna().to_numpy()
+    out["psnr_interval"] = interval(*cluster_bootstrap([psnr[i:i + 1] for i in range(len(psnr))]), 1)
     return out
 
 
