@@ -285,7 +285,7 @@ def utility_run(config: str, out: str = "runs/utility", data_root: str = "", thr
 def dp_audit_run(suite_spec: str, out: str | None = None, draws: int = dp_audit.DRAWS,
                  lower_draws: int = dp_audit.LOWER_DRAWS, device: str = "cpu", threads: int = 1, data_root: str = "",
                  quiet: bool = False) -> int:
-    """``giabench dp-audit``: audit a suite's DP settings; the table printed, exit status 1 when any fails."""
+    """``giabench dp-audit``: audit a suite's DP settings; the table printed, exit status 3 when any fails."""
     if draws < 10 or lower_draws < 0:
         raise GiabenchError(f"--draws must be >= 10 and --lower-draws >= 0, got {draws} and {lower_draws}")
     loaded = suite.load(suite_spec)
