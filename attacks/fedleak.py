@@ -24,7 +24,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import LABELS, Attack
-from giabench.attacks.optimization import RESTARTS, TV
+from giabench.attacks.optimization import RESTARTS, TV, total_variation
 from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.registry import attack
@@ -70,10 +70,6 @@ def partial_distance(sim: dict, obs: dict, keep: float) -> torch.Tensor:
         ms, mo = mask * s, mask * o
         total = total + (ms - mo).abs().mean() + 1 - (ms @ mo) / (ms.norm() * mo.norm() + EPS)
     return total
-
-
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
 @attack("fedleak")

@@ -8,6 +8,7 @@ import torch
 
 from giabench.checks import Param
 from giabench.contracts import Client
+from giabench.defenses.mechanisms import top_k_mask
 from giabench.privacy import gaussian_like
 from giabench.registry import defense
 
@@ -63,11 +64,7 @@ class TopKPruning(Client):
         self.public["mask"] = {k: (v != 0).to(v.dtype) for k, v in message.items()}
 
     def _mask(self, tensor: torch.Tensor) -> torch.Tensor:
-        k = math.ceil((1 - self.fraction) * tensor.numel())
-        flat = tensor.detach().abs().flatten()
-        mask = torch.zeros_like(flat)
-        mask[torch.topk(flat, k).indices] = 1.0
-        return mask.view_as(tensor)
+        return top_k_mask(tensor, math.ceil((1 - self.fraction) * tensor.numel()))
 
     def cost(self):
         kept = sum(math.ceil((1 - self.fraction) * p.numel()) for p in self.protocol.params.values())

@@ -21,6 +21,7 @@ import torch
 
 from giabench.checks import Param
 from giabench.contracts import Client
+from giabench.defenses.mechanisms import clip_update, top_k_mask
 from giabench.errors import ConfigError
 from giabench.federation import Federation
 from giabench.registry import defense
@@ -31,24 +32,6 @@ Update = dict[str, torch.Tensor]
 def round_density(density: float, warmup: int, index: int) -> float:
     """The share of each tensor's entries sent in round ``index`` (0-based) under exponential warm-up."""
     return max(density, 0.25 ** (index + 1)) if index < warmup else density
-
-
-def top_k_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
-    """1 at the ceil(density n) entries of largest magnitude, 0 elsewhere."""
-    k = math.ceil(density * tensor.numel())
-    flat = tensor.detach().abs().flatten()
-    mask = torch.zeros_like(flat)
-    mask[torch.topk(flat, k).indices] = 1.0
-    return mask.view_as(tensor)
-
-
-def clipped(gradient: Update, bound: float) -> Update:
-    """The gradient scaled to L2 norm at most ``bound`` over all tensors (no clipping when ``bound`` is 0)."""
-    if bound == 0:
-        return gradient
-    norm = torch.sqrt(sum((g * g).sum() for g in gradient.values()))
-    scale = torch.clamp(bound / (norm + 1e-12), max=1.0)
-    return {k: g * scale for k, g in gradient.items()}
 
 
 class DGCFederation(Federation):
@@ -111,7 +94,7 @@ class DeepGradientCompression(Client):
                                "first")
         momentum = {k: torch.zeros_like(g) for k, g in update.items()}
         residual = dict(momentum)
-        gradient = clipped(update, self.clip)
+        gradient = self._gradient(update)
         for mask in masks:
             sent, momentum, residual = self._release(*self._accumulate(gradient, momentum, residual), mask)
         return sent
@@ -122,18 +105,22 @@ class DeepGradientCompression(Client):
         states, k = self.store if self.store else (None, None)
         state = states[k] if states is not None else None
         momentum, residual = state if state else ({key: torch.zeros_like(g) for key, g in update.items()},) * 2
-        gradient = clipped(update, self.clip)
+        gradient = self._gradient(update)
         masks = []
         for t in range(self.history + 1):
             density = round_density(self.density, self.warmup, self.first_round + t)
             momentum, residual = self._accumulate(gradient, momentum, residual)
-            masks.append({key: top_k_mask(v, density) for key, v in residual.items()})
+            masks.append({key: top_k_mask(v, math.ceil(density * v.numel())) for key, v in residual.items()})
             sent, momentum, residual = self._release(momentum, residual, masks[-1])
         if states is not None:
             states[k] = (momentum, residual)
         self.public["masks"] = masks
         self.public["density"] = round_density(self.density, self.warmup, self.first_round + self.history)
         return sent
+
+    def _gradient(self, update: Update) -> Update:
+        """g_t: the round's update clipped to L2 norm ``clip`` (0: as it is)."""
+        return clip_update(update, self.clip) if self.clip else update
 
     def _accumulate(self, gradient: Update, momentum: Update, residual: Update) -> tuple[Update, Update]:
         """Eqs. 5-6: u <- m u + (1 - d) g, then v <- v + u."""
