@@ -108,7 +108,7 @@ def _stats(cells: pd.DataFrame) -> dict:
         out[metric] = float(values.mean()) if len(values) else None
         out[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
     psnr = pd.to_numeric(ok["psnr"], errors="coerce").dropna().to_numpy()
-    out["psnr_interval"] = interval(*cluster_bootstrap([psnr[i:i + 1] for i in range(len(psnr))]), 1)
+    out["psnr_interval"] = tables.interval(*cluster_bootstrap([psnr]), 1)  # one cell's mean per seed
     return out
 
 
@@ -251,16 +251,10 @@ def _table(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> dict:
     return {"head": head, "rows": rows}
 
 
-def interval(lo: float, hi: float, digits: int) -> str:
-    return "" if pd.isna(lo) or pd.isna(hi) else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
 def _with_intervals(defended: pd.DataFrame) -> pd.DataFrame:
     """The defense summary with its intervals as text columns."""
-    return defended.assign(
-        psnr_interval=[interval(lo, hi, 2) for lo, hi in zip(defended["psnr_lo"], defended["psnr_hi"], strict=True)],
-        above_interval=[interval(lo, hi, 2) for lo, hi in zip(defended["above_lo"], defended["above_hi"],
-                                                              strict=True)])
+    return defended.assign(psnr_interval=tables.intervals(defended, "psnr"),
+                           above_interval=tables.intervals(defended, "above"))
 
 
 def _privacy_table(run_dir: Path) -> dict | None:
@@ -325,7 +319,7 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
         ("Leakage per round", plots.per_round(per_round))) if svg]
     rank = tables.ranking(frame, images)
     rank.insert(0, "rank", rank.index)
-    rank["psnr_interval"] = [interval(lo, hi, 2) for lo, hi in zip(rank["psnr_lo"], rank["psnr_hi"], strict=True)]
+    rank["psnr_interval"] = tables.intervals(rank, "psnr")
     labels = tables.label_track(frame)
     environment = Environment(loader=PackageLoader("giabench.leaderboard", "templates"), autoescape=True)
     page = environment.get_template("report.html.j2").render(

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from giabench.intervals import clopper_pearson, cluster_bootstrap, paired
-from giabench.leaderboard.tables import short
+from giabench.leaderboard.tables import intervals, short
 from giabench.metrics import LEAK_DB
 
 SETTING = ["attack", "attack_params", "dataset", "model", "model_params", "protocol", "protocol_params", "batch_size"]
@@ -78,10 +78,10 @@ def versus(row: pd.Series, following: pd.Series, part: pd.DataFrame, other: pd.D
         diff, lo, hi, p = paired(a[common].to_numpy(), b[common].to_numpy())
         verdict = "apart" if p < 0.05 else "cannot be told apart"
         return f"{verdict}: {diff:+.2f} dB [{lo:+.2f}, {hi:+.2f}] on {len(common)} shared images, paired p {p:.2g}"
-    overlap = not (row["psnr_lo"] > following["psnr_hi"] or following["psnr_lo"] > row["psnr_hi"])
     if np.isnan([row["psnr_lo"], following["psnr_hi"]]).any():
         return "no interval (one image)"
-    return f"different images; intervals {'overlap' if overlap else 'are disjoint'}"
+    disjoint = row["psnr_lo"] > following["psnr_hi"] or following["psnr_lo"] > row["psnr_hi"]
+    return f"different images; intervals {'are disjoint' if disjoint else 'overlap'}"
 
 
 def _per_image(part: pd.DataFrame, images: pd.DataFrame) -> pd.Series:
@@ -108,8 +108,8 @@ def terminal(table: pd.DataFrame) -> str:
         "worst attack": [short("attacks", a, p) for a, p in zip(table["attack"], table["attack_params"],
                                                                 strict=True)],
         "on": table["dataset"] + "/" + table["model"] + " B=" + table["batch_size"].astype(str),
-        "PSNR [95 %]": [f"{p:.2f} [{lo:.2f}, {hi:.2f}]" if not np.isnan(lo) else f"{p:.2f}"
-                        for p, lo, hi in zip(table["psnr"], table["psnr_lo"], table["psnr_hi"], strict=True)],
+        "PSNR [95 %]": [f"{p:.2f} {bounds}".rstrip() for p, bounds in
+                        zip(table["psnr"], intervals(table, "psnr"), strict=True)],
         "above 25 dB": table["above"].map("{:.0%}".format),
         "eps": table["epsilon"].map(lambda e: cost(e, 2)),
         "delta": table["delta"].map(lambda d: "" if pd.isna(d) else f"{d:g}"),

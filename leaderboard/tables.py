@@ -49,6 +49,16 @@ def ranking(frame: pd.DataFrame, images: pd.DataFrame | None = None) -> pd.DataF
     return table
 
 
+def interval(lo: float, hi: float, digits: int = 2) -> str:
+    """``[lo, hi]`` ("" where there is no interval)."""
+    return "" if pd.isna(lo) or pd.isna(hi) else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def intervals(frame: pd.DataFrame, metric: str, digits: int = 2) -> list[str]:
+    """``interval`` of each row's ``METRIC_lo`` and ``METRIC_hi``."""
+    return [interval(lo, hi, digits) for lo, hi in zip(frame[f"{metric}_lo"], frame[f"{metric}_hi"], strict=True)]
+
+
 def short(kind: str, name: str, params: str) -> str:
     """``name(k=v,...)`` with only the parameters that differ from the component's defaults."""
     items = json.loads(params) if params else {}
@@ -69,8 +79,7 @@ def terminal(table: pd.DataFrame) -> str:
         "attack": labels("attacks", "attack_params"), "defense": labels("defenses", "defense_params"),
         "model": labels("models", "model_params"), "data": table["dataset"], "B": table["batch_size"],
         "PSNR": table["psnr"].map("{:.2f}".format),
-        "95 %": [f"[{lo:.2f}, {hi:.2f}]" if not pd.isna(lo) else "" for lo, hi in
-                 zip(table["psnr_lo"], table["psnr_hi"], strict=True)],
+        "95 %": intervals(table, "psnr"),
         "SSIM": table["ssim"].map("{:.3f}".format),
         "LPIPS": table["lpips"].map("{:.3f}".format), "budget": table["iterations"].map("{:.0f}".format),
         "label": table["label_acc"].map("{:.2f}".format),
