@@ -3,7 +3,7 @@ leakage can be told apart.
 
 - ``cluster_bootstrap``: the percentile interval of a pooled mean, resampling whole cells (the images of one batch
   are not independent draws), seeded so that a table is reproducible.
-- ``clopper_pearson``: the exact binomial interval of a share.
+- ``clopper_pearson``: the exact binomial interval of a share (``clopper_pearson_upper``: its one-sided upper bound).
 - ``paired``: two settings scored on the same private images: the mean difference, its bootstrap interval over the
   pairs and the Wilcoxon signed-rank p-value.
 """
@@ -41,6 +41,11 @@ def clopper_pearson(hits: int, n: int) -> tuple[float, float]:
     lo = stats.beta.ppf(0.025, hits, n - hits + 1) if hits > 0 else 0.0
     hi = stats.beta.ppf(0.975, hits + 1, n - hits) if hits < n else 1.0
     return float(lo), float(hi)
+
+
+def clopper_pearson_upper(hits: int, n: int, confidence: float) -> float:
+    """The exact one-sided upper bound, at ``confidence``, of a rate seen ``hits`` times in ``n`` trials."""
+    return float(stats.beta.ppf(confidence, hits + 1, n - hits)) if hits < n else 1.0
 
 
 def paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float, float]:

@@ -37,6 +37,7 @@ from scipy import stats
 
 from giabench import data, runner
 from giabench.contracts import Client, is_private
+from giabench.intervals import clopper_pearson_upper
 from giabench.privacy import Observed, observing, rdp_epsilon
 from giabench.suite import Cell
 
@@ -141,21 +142,16 @@ def lower_bound(scores_d: np.ndarray, scores_d2: np.ndarray, delta: float) -> fl
         pick_d, pick_d2, test_d, test_d2 = -pick_d, -pick_d2, -test_d, -test_d2
     best_t, best = None, -math.inf
     for t in np.unique(np.concatenate([pick_d, pick_d2])):
-        fpr = clopper_pearson_upper(int(np.sum(pick_d >= t)), len(pick_d))
-        fnr = clopper_pearson_upper(int(np.sum(pick_d2 < t)), len(pick_d2))
+        fpr = clopper_pearson_upper(int(np.sum(pick_d >= t)), len(pick_d), CONFIDENCE)
+        fnr = clopper_pearson_upper(int(np.sum(pick_d2 < t)), len(pick_d2), CONFIDENCE)
         value = _epsilon_from_rates(fpr, fnr, delta)
         if value > best:
             best_t, best = t, value
     if best_t is None:
         return 0.0
-    fpr = clopper_pearson_upper(int(np.sum(test_d >= best_t)), len(test_d))
-    fnr = clopper_pearson_upper(int(np.sum(test_d2 < best_t)), len(test_d2))
+    fpr = clopper_pearson_upper(int(np.sum(test_d >= best_t)), len(test_d), CONFIDENCE)
+    fnr = clopper_pearson_upper(int(np.sum(test_d2 < best_t)), len(test_d2), CONFIDENCE)
     return max(0.0, _epsilon_from_rates(fpr, fnr, delta))
-
-
-def clopper_pearson_upper(k: int, n: int) -> float:
-    """The one-sided ``CONFIDENCE`` upper bound of a rate seen k times in n trials."""
-    return float(stats.beta.ppf(CONFIDENCE, k + 1, n - k)) if k < n else 1.0
 
 
 def _epsilon_from_rates(fpr: float, fnr: float, delta: float) -> float:
