@@ -34,12 +34,21 @@ from scipy.optimize import linear_sum_assignment
 
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import Attack
-from giabench.attacks.optimization import SIGNED_ADAM_LR, cosine_distance, initial_images, signed_adam, total_variation
+from giabench.attacks.optimization import (
+    SIGNED_ADAM_LR,
+    STEP_RANGE,
+    TV_RANGE,
+    cosine_distance,
+    initial_images,
+    signed_adam,
+    total_variation,
+)
 from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import NotApplicable
 from giabench.protocols import FedAvg, fedavg_steps
 from giabench.registry import attack
+from giabench.search import Range
 
 
 def epoch_orders(epochs: int, n: int) -> list[torch.Tensor]:
@@ -91,6 +100,10 @@ class FedAvgInvert(Attack):
     @classmethod
     def for_audit(cls, level, shape):
         return {"iterations": {"quick": 50, "standard": 500, "thorough": 2000}[level]}
+
+    @classmethod
+    def search_space(cls, shape):
+        return {"lr": STEP_RANGE, "tv": TV_RANGE, "invariant": Range(0.1, 100.0, log=True)}
 
     def applies(self, model, shape, protocol, batch_size):
         return None if protocol == "fedavg" else "it inverts multi-step FedAvg updates (protocol fedavg)"

@@ -24,10 +24,11 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import LABELS, Attack
-from giabench.attacks.optimization import RESTARTS, TV, total_variation
+from giabench.attacks.optimization import RESTARTS, TV, TV_RANGE, total_variation
 from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.registry import attack
+from giabench.search import Range
 
 NOISE_DIM = 128
 EPS = 1e-8
@@ -96,6 +97,11 @@ class FedLeak(Attack):
     @classmethod
     def for_audit(cls, level, shape):
         return {"iterations": {"quick": 50, "standard": 500, "thorough": 2000}[level], "width": 64}
+
+    @classmethod
+    def search_space(cls, shape):
+        return {"lr": Range(1e-4, 0.1, log=True), "keep": Range(0.1, 1.0), "regularization": Range(0.0, 1.0),
+                "tv": TV_RANGE}
 
     def __init__(self, *, iterations: int = 2000, lr: float = 0.01, keep: float = 0.5, regularization: float = 0.3,
                  tv: float = 1e-5, width: int = 256, restarts: int = 1, labels: str = "known"):

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from giabench.attacks.base import Attack
-from giabench.attacks.optimization import InvertingGradients, initial_images
+from giabench.attacks.optimization import STEP_RANGE, TV_RANGE, InvertingGradients, initial_images
 from giabench.checks import Param
 from giabench.contracts import UNFILLED, Reconstruction
 from giabench.errors import ConfigError, NotApplicable
@@ -162,6 +162,10 @@ class Fishing(Attack):
     @classmethod
     def for_audit(cls, level, shape):
         return {"iterations": {"quick": 50, "standard": 500, "thorough": 2000}[level]}
+
+    @classmethod
+    def search_space(cls, shape):
+        return {"lr": STEP_RANGE, "tv": TV_RANGE}
 
     def applies(self, model, shape, protocol, batch_size):
         if protocol != "fedsgd":

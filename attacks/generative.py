@@ -29,11 +29,12 @@ import torch
 from giabench import checks
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import LABELS, Attack
-from giabench.attacks.optimization import cosine_distance, total_variation
+from giabench.attacks.optimization import STEP_RANGE, TV_RANGE, cosine_distance, total_variation
 from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
+from giabench.search import Range
 
 
 def project_l1(v: torch.Tensor, radius: float) -> torch.Tensor:
@@ -145,6 +146,10 @@ class GIAS(GenerativeAttack):
         steps = {"quick": 50, "standard": 300, "thorough": 1000}[level]
         return {"generator": found[0], "latent_iterations": steps, "finetune_iterations": steps}
 
+    @classmethod
+    def search_space(cls, shape):
+        return {"lr": STEP_RANGE, "finetune_lr": Range(1e-6, 1e-2, log=True), "tv": TV_RANGE}
+
     def __init__(self, *, generator: str = "dcgan-mnist", latent_iterations: int = 500, finetune_iterations: int = 500,
                  lr: float = 0.03, finetune_lr: float = 1e-4, tv: float = 1e-4, restarts: int = 1,
                  labels: str = "known"):
@@ -198,6 +203,10 @@ class GGL(GenerativeAttack):
         super().check(params)
         checks.require(f"attack {cls.registered_name}", "budget", params["budget"],
                        params["budget"] >= params["population"], f">= population ({params['population']})")
+
+    @classmethod
+    def search_space(cls, shape):
+        return {"sigma": Range(0.05, 2.0, log=True), "kl": Range(1e-3, 1.0, log=True)}
 
     def __init__(self, *, generator: str = "dcgan-mnist", budget: int = 1000, population: int = 20,
                  sigma: float = 0.5, kl: float = 0.1, tv: float = 0.0, restarts: int = 1, labels: str = "known"):
@@ -267,6 +276,10 @@ class GIFD(GenerativeAttack):
             isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < math.inf for r in radii))
         checks.require(f"attack {cls.registered_name}", "radii", radii, ok,
                        "a list of positive numbers, one per feature stage")
+
+    @classmethod
+    def search_space(cls, shape):
+        return {"lr": STEP_RANGE, "tv": TV_RANGE}
 
     def __init__(self, *, generator: str = "dcgan-mnist", iterations: int = 200, lr: float = 0.1,
                  radii: list | None = None, l1_ratio: float = 0.05, end_stage: int = -1, kl: float = 0.0,

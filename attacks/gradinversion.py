@@ -32,11 +32,12 @@ import torch.nn.functional as F
 
 from giabench.attacks import labels as label_methods
 from giabench.attacks.base import LABELS, Attack
-from giabench.attacks.optimization import TV, cosine_distance, initial_images, total_variation
+from giabench.attacks.optimization import STEP_RANGE, TV, TV_RANGE, cosine_distance, initial_images, total_variation
 from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
+from giabench.search import Choice, Range
 
 BN_SOURCES = ("client", "running", "proxy", "none")
 DISTANCES = ("l2", "cosine")
@@ -121,6 +122,11 @@ class GradInversion(Attack):
     def for_audit(cls, level, shape):
         return {"iterations": {"quick": 50, "standard": 500, "thorough": 2000}[level],
                 "group": {"quick": 2, "standard": 4, "thorough": 4}[level]}
+
+    @classmethod
+    def search_space(cls, shape):
+        return {"lr": STEP_RANGE, "distance": Choice(DISTANCES), "bn_weight": Range(1e-4, 10.0, log=True),
+                "tv": TV_RANGE, "l2": Range(1e-8, 1e-2, log=True), "group_weight": Range(1e-4, 1.0, log=True)}
 
     def applies(self, model, shape, protocol, batch_size):
         has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -29,7 +29,9 @@ from torch.func import functional_call
 from giabench.attacks.optimization import (
     RESTARTS,
     SIGNED_ADAM_LR,
+    STEP_RANGE,
     TV,
+    TV_RANGE,
     cosine_distance,
     initial_images,
     signed_adam,
@@ -99,6 +101,10 @@ class HyperFLInvert(Attack):
     def for_audit(cls, level, shape):
         raise NotApplicable("not in the battery: it reads HyperFL's hypernetwork update, so it runs against defense "
                             "hyperfl only (a suite with that defense)")
+
+    @classmethod
+    def search_space(cls, shape):
+        return {"lr": STEP_RANGE, "tv": TV_RANGE}
 
     def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1):
         self.iterations, self.lr, self.tv, self.restarts = iterations, lr, tv, restarts

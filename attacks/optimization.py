@@ -16,6 +16,7 @@ from giabench.checks import Param
 from giabench.contracts import Reconstruction
 from giabench.errors import NotApplicable
 from giabench.registry import attack
+from giabench.search import Range
 
 
 def l2_distance(sim: dict, obs: dict) -> torch.Tensor:
@@ -96,6 +97,10 @@ class DLG(Attack):
         raise NotApplicable("not in the battery: iDLG (the same objective, its label read off the gradient) and IG "
                             "stand for it")
 
+    @classmethod
+    def search_space(cls, shape):
+        return {"lr": Range(0.01, 10.0, log=True)}
+
     def __init__(self, *, iterations: int = 300, lr: float = 1.0, labels: str = "optimized"):
         self.iterations, self.lr, self.labels = iterations, lr, labels
 
@@ -161,6 +166,9 @@ SIGNED_ADAM_LR = Param("Adam step size in the normalized pixel space, decayed by
                        above=0)
 TV = Param("alpha_TV, the weight of the total-variation prior", at_least=0)
 RESTARTS = Param("independent runs from fresh random images; the lowest final objective wins", at_least=1)
+#: the ranges ``giabench tune`` searches for these, wherever an attack takes them
+STEP_RANGE = Range(1e-3, 1.0, log=True)
+TV_RANGE = Range(1e-7, 1.0, log=True)
 
 
 def signed_adam(leaves: list[torch.Tensor], objective, iterations: int, lr: float, project, trace: list,
@@ -221,6 +229,10 @@ class InvertingGradients(Attack):
     def for_audit(cls, level, shape):
         return {"iterations": {"quick": 50, "standard": 500, "thorough": 2000}[level],
                 "restarts": {"quick": 1, "standard": 1, "thorough": 2}[level]}
+
+    @classmethod
+    def search_space(cls, shape):
+        return {"lr": STEP_RANGE, "tv": TV_RANGE}
 
     def __init__(self, *, iterations: int = 1000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1,
                  labels: str = "known"):

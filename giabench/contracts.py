@@ -5,8 +5,9 @@ An attack sees a ``ServerView`` (the broadcast model, the message on the wire, t
 and the data shape; labels only when the cell's threat model grants them) and the defended client's ``simulate``, its
 differentiable model of the message. It returns a ``Reconstruction``. It also describes itself, so that the audit and
 the report need no list of attacks: a ``title``, its family, threat-model ``needs``, its documented ``parameters``
-(checked by ``check`` when a suite is loaded), its parameters at each audit level (``for_audit``) and whether it
-applies to a model, protocol and batch size (``applies``).
+(checked by ``check`` when a suite is loaded), its parameters at each audit level (``for_audit``), the hyperparameters
+``giabench tune`` may search (``search_space``) and whether it applies to a model, protocol and batch size
+(``applies``).
 
 A defense is a ``Client`` (Kerckhoffs: the mechanism and its public parameters are known to the server, the fresh
 randomness is not):
@@ -39,6 +40,7 @@ from giabench.errors import ConfigError
 from giabench.federation import Federation
 from giabench.privacy import Release
 from giabench.protocols import GradRule, Orders, Protocol, Update
+from giabench.search import Dimension
 
 if TYPE_CHECKING:
     from giabench.components import Component
@@ -100,6 +102,12 @@ class Attack:
     def for_audit(cls, level: str, shape: tuple[int, ...]) -> dict:
         """The attack's parameters in an audit at ``level`` (one of ``AUDIT_LEVELS``) of images of ``shape``; raises
         ``NotApplicable`` with the reason when it sits that audit out. Default: its defaults at every level."""
+        return {}
+
+    @classmethod
+    def search_space(cls, shape: tuple[int, ...]) -> dict[str, Dimension]:
+        """The hyperparameters ``giabench tune`` searches for images of ``shape``, each with its range
+        (``giabench.search``): only those that leave the budget unchanged. Default: none (the attack is not tuned)."""
         return {}
 
     def applies(self, model: nn.Module, shape: tuple[int, ...], protocol: str, batch_size: int) -> str | None:

@@ -330,6 +330,20 @@ def load(name: str, **params) -> ImageSet:
 SELECTIONS = ("random", "unique", "ordered")
 
 
+def pool(source: ImageSet, exclude: list[int], like: ImageSet) -> ImageSet:
+    """``source``'s images less the indices ``exclude``, in the classes and normalization of ``like`` (the victim's
+    dataset): labels taken modulo its class count. The batches an attacker tunes on (``giabench.tuning``)."""
+    if source.shape != like.shape:
+        raise ConfigError(f"tuning images of {source.name} are {'x'.join(map(str, source.shape))}, the victim's "
+                          f"{like.name} images {'x'.join(map(str, like.shape))}: pick a stand-in of that shape")
+    keep = torch.ones(len(source), dtype=torch.bool)
+    keep[torch.tensor(exclude, dtype=torch.long)] = False
+    if not keep.any():
+        raise ConfigError(f"no image of {source.name} is left to tune on once the private batches are set aside")
+    return ImageSet(f"{source.name} (tuning)", source.images[keep], source.labels[keep] % like.num_classes,
+                    like.classes, like.mean, like.std, source.source)
+
+
 def sample(data: ImageSet, batch_size: int, seed: int, labels: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
     """A deterministic client batch (see ``sample_index``)."""
     index = sample_index(data, batch_size, seed, labels)

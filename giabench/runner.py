@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from giabench import __version__, data, executors, metrics, numerics, threats
+from giabench import __version__, components, data, executors, metrics, numerics, threats
 from giabench.components import Component, build_model
 from giabench.contracts import Reconstruction, ServerView
 from giabench.errors import ConfigError, GiabenchError, NotApplicable, first_line
@@ -67,6 +67,18 @@ def load_dataset(dataset: Component, env: Environment) -> data.ImageSet:
     return data.load(dataset.name, **params)
 
 
+def client_data(cell: Cell, env: Environment) -> tuple[data.ImageSet, data.ImageSet]:
+    """The cell's dataset (the victim's classes, normalization and training data) and the set its client's batch is
+    drawn from: the same, except in a tuning trial, whose context names a ``pool`` (``giabench.tuning``): a dataset
+    config and the indices of it set aside (the private batches)."""
+    imageset = load_dataset(cell.dataset, env)
+    spec = cell.context.get("pool")
+    if spec is None:
+        return imageset, imageset
+    source = components.from_config("dataset", spec["dataset"])
+    return imageset, data.pool(load_dataset(source, env), spec["exclude"], imageset)
+
+
 def _seeded(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1000 + stream)
 
@@ -78,11 +90,11 @@ def validate(cells: list[Cell], env: Environment) -> None:
     built = set()
     for cell in cells:
         try:
-            imageset = load_dataset(cell.dataset, env)
+            imageset, batches = client_data(cell, env)
         except ConfigError as exc:
             raise ConfigError(f"{cell.at('dataset', exc.field)}: {exc}") from None
         try:
-            data.sample_index(imageset, cell.batch_size, cell.seed, cell.selection)
+            data.sample_index(batches, cell.batch_size, cell.seed, cell.selection)
         except ConfigError as exc:
             raise ConfigError(f"{cell.at('batch_size')}: {exc}") from None
         key = json.dumps([cell.dataset.config, cell.model.config], sort_keys=True)
@@ -125,11 +137,11 @@ def run_cell(cell: Cell, env: Environment, progress: Reporter | None = None) -> 
 def _run_cell(cell: Cell, env: Environment, progress: Reporter | None) -> Result:
     seed = cell.seed
     device = torch.device(env.device)
-    imageset = load_dataset(cell.dataset, env)
-    index = data.sample_index(imageset, cell.batch_size, seed, cell.selection)
-    x, y = imageset.images[index].to(device), imageset.labels[index].to(device)
+    imageset, batches = client_data(cell, env)
+    index = data.sample_index(batches, cell.batch_size, seed, cell.selection)
+    x, y = batches.images[index].to(device), batches.labels[index].to(device)
     model = build_model(cell.model, imageset, seed).to(device)
-    others = surrogate(imageset, index) if threats.grants(cell.threat_model, "surrogate-data") else None
+    others = surrogate(batches, index) if threats.grants(cell.threat_model, "surrogate-data") else None
     attacker = cell.attack.build()
     if progress:
         progress.begin(attacker.planned_budget())

@@ -13,6 +13,8 @@
     utility:                       # optional: a short federated training under each defense (giabench.utility),
       dataset: mnist-5k            # run after the cells; the report joins its accuracy on dataset and model
       defenses: [{name: dp-sgd, noise_multiplier: 1.0}]
+    tuned: runs/default-tune       # optional: a giabench tune folder; every cell whose setting it tuned is run
+                                   # twice, with the default and with the tuned attack parameters
 
 A component (dataset, model, protocol, defense, attack) is a name or a mapping with ``name`` and parameters; a grid
 entry without ``name`` updates the default component's parameters. Expanding the grid resolves and validates every
@@ -29,12 +31,12 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from giabench import __version__, components, data, threats
+from giabench import __version__, components, data, threats, tuned
 from giabench.components import Component
 from giabench.errors import ConfigError
 from giabench.utility_config import config_from_mapping
@@ -77,6 +79,11 @@ class Cell:
         return cell_id(self.config)
 
     @property
+    def setting(self) -> str:
+        """The id of the cell's setting: the cell without its seed (a tuning run tunes per setting)."""
+        return cell_id({k: v for k, v in self.config.items() if k != "seed"})
+
+    @property
     def components(self) -> tuple[Component, ...]:
         return self.dataset, self.model, self.protocol, self.defense, self.attack
 
@@ -97,6 +104,7 @@ class Suite:
     cells: list[Cell]
     source: str
     utility: Any = None  # a giabench.utility_config.UtilityConfig, or None
+    tuned: dict | None = None  # the record of the tuning run whose parameters the suite runs beside the defaults
 
     @property
     def slug(self) -> str:
@@ -128,10 +136,10 @@ def _line(mapping: Any, key: str) -> str:
 
 
 def expand(doc: dict, source: str = "<suite>") -> Suite:
-    unknown = sorted(set(doc) - {"name", "description", "defaults", "grid", "utility"})
+    unknown = sorted(set(doc) - {"name", "description", "defaults", "grid", "utility", "tuned"})
     if unknown:
         raise ConfigError(f"{source}{_line(doc, unknown[0])}: unknown suite key {unknown[0]!r}; "
-                          "known: name, description, defaults, grid, utility")
+                          "known: name, description, defaults, grid, utility, tuned")
     defaults = doc.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{source}{_line(doc, 'defaults')}: defaults must be a mapping of cell fields")
@@ -166,7 +174,40 @@ def expand(doc: dict, source: str = "<suite>") -> Suite:
     utility = None
     if doc.get("utility") is not None:
         utility = config_from_mapping(doc["utility"], f"{source}{_line(doc, 'utility')}: utility")
-    return Suite(str(doc.get("name", Path(source).stem)), str(doc.get("description", "")), cells, source, utility)
+    loaded = Suite(str(doc.get("name", Path(source).stem)), str(doc.get("description", "")), cells, source, utility)
+    if doc.get("tuned") is not None:
+        where = f"{source}{_line(doc, 'tuned')}"
+        if not isinstance(doc["tuned"], str) or not doc["tuned"].strip():
+            raise ConfigError(f"{where}: tuned must name a giabench tune folder, got {doc['tuned']!r}")
+        folder = Path(doc["tuned"])
+        if not folder.is_absolute() and Path(source).is_file():
+            folder = Path(source).parent / folder
+        try:
+            record = tuned.load(folder)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        loaded = with_tuned(loaded, record, where)
+    return loaded
+
+
+def with_tuned(loaded: Suite, record: dict, where: str = "") -> Suite:
+    """``loaded`` with, after each cell whose setting ``record`` (a ``giabench.tuned`` record) tuned, its twin run
+    with the tuned attack parameters (the same private batch and seed: the pair compares the parameters alone)."""
+    params = tuned.tuned_params(record)
+    cells, seen = [], {cell.id for cell in loaded.cells}
+    for cell in loaded.cells:
+        cells.append(cell)
+        if cell.setting not in params:
+            continue
+        try:
+            attack = components.from_config("attack", {**cell.attack.config, **params[cell.setting]})
+        except ConfigError as exc:
+            raise ConfigError(f"{where or '<tuned>'}: the tuned parameters of {cell.label}: {exc}") from None
+        twin = replace(cell, attack=attack)
+        if twin.id not in seen:
+            seen.add(twin.id)
+            cells.append(twin)
+    return replace(loaded, cells=cells, tuned=record)
 
 
 def _merge(current: Any, value: Any, key: str, where: str) -> Any:

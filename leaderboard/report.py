@@ -41,7 +41,11 @@ COLUMN_NAMES = {"iterations": "budget", "batch_size": "B", "label_acc": "label a
                 "epsilon_claimed": "epsilon claimed (cost)", "epsilon_release": "epsilon claimed (first release)",
                 "epsilon_lower": "empirical lower bound", "lower_draws": "draws per neighbour",
                 "checks_passed": "checks passed", "psnr_interval": "PSNR 95 %", "above_interval": "share 95 %",
-                "versus_next": "against the next row"}
+                "versus_next": "against the next row", "default_psnr": "default PSNR",
+                "default_interval": "default 95 %",
+                "tuned_psnr": "tuned PSNR", "tuned_interval": "tuned 95 %", "gain": "gain (dB, paired)",
+                "gain_interval": "gain 95 %", "p_value": "Wilcoxon p", "tuned_params": "tuned parameters",
+                "attack_minutes": "tuning minutes", "data": "tuned on"}
 SUMMARY_COLUMNS = [("defense", "defenses"), ("attack", "attacks"), ("dataset", "text"), ("model", "text"),
                    ("batch_size", "int"), ("psnr", "2"), ("psnr_interval", "text"), ("above", "2"),
                    ("above_interval", "text"), ("images", "int"), ("versus_next", "text"), ("epsilon", "2"),
@@ -257,6 +261,20 @@ def _with_intervals(defended: pd.DataFrame) -> pd.DataFrame:
                            above_interval=tables.intervals(defended, "above"))
 
 
+def _tuned_table(tuned: pd.DataFrame | None) -> dict | None:
+    """The tuned-against-default table (``giabench.leaderboard.tuning``); None where no tuning ran."""
+    if tuned is None or tuned.empty:
+        return None
+    shown = tuned.assign(default_interval=tables.intervals(tuned, "default"),
+                         tuned_interval=tables.intervals(tuned, "tuned"), gain_interval=tables.intervals(tuned, "gain"),
+                         p_value=tuned["p"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"))
+    return _table(shown, [("setting", "text"), ("defense", "defenses"), ("threat_model", "text"),
+                          ("default_psnr", "2"), ("default_interval", "text"), ("tuned_psnr", "2"),
+                          ("tuned_interval", "text"), ("gain", "2"), ("gain_interval", "text"), ("p_value", "text"),
+                          ("images", "int"), ("tuned_params", "text"), ("trials", "int"), ("attack_minutes", "2"),
+                          ("data", "text"), ("status", "text")])
+
+
 def _privacy_table(run_dir: Path) -> dict | None:
     """The run's privacy audit (``privacy_audit.csv``), one row per DP defense setting; None without one."""
     audited = dp_audit.read_summary(run_dir)
@@ -297,7 +315,7 @@ def _epsilon_points(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str = "giabench leaderboard",
           tradeoff: pd.DataFrame | None = None, utility: pd.DataFrame | None = None,
-          defended: pd.DataFrame | None = None) -> None:
+          defended: pd.DataFrame | None = None, tuned: pd.DataFrame | None = None) -> None:
     """Render the report of ``frame`` (the run's cells) to ``path``; ``tradeoff``: the privacy-utility table,
     ``utility``: the rows of the utility run it joins (their accuracy enters the defense summary), ``defended``: that
     summary when the caller has it already (``summary.defense_summary``; computed here otherwise)."""
@@ -342,6 +360,6 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
                                    ("adjacency_training", "text")]) if tradeoff is not None and len(tradeoff) else None,
         rounds=_table(per_round, ROUND_COLUMNS) if len(per_round) else None,
         unscored=int((per_round["lpips_source"] == "unscored").sum()),
-        privacy=_privacy_table(run_dir), details=_details(frame, run_dir, stored), colour=leakage_colour,
-        number=number)
+        privacy=_privacy_table(run_dir), tuned=_tuned_table(tuned), details=_details(frame, run_dir, stored),
+        colour=leakage_colour, number=number)
     Path(path).write_text(page, encoding="utf-8")

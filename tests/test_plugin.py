@@ -125,3 +125,14 @@ def test_the_privacy_audit_checks_a_plugin_s_dp_defense(tmp_path, scale, code):
     assert ("pass  defense toy-dp" if code == 0 else "FAIL  defense toy-dp") in done.stdout
     if code:
         assert "release 0 of 1: noise std per entry" in done.stdout and "the accountant's is 2 " in done.stdout
+
+
+def test_giabench_tune_searches_a_plugin_attack_s_own_space(tmp_path):
+    text = SUITE.replace("attack: [toy-row, fc-invert]", "attack: toy-descent")
+    (tmp_path / "toy.yaml").write_text(text.replace("defense: [none, {name: toy-momentum, sigma: 0.0005}]",
+                                                    "defense: none"))
+    done = giabench("tune", str(tmp_path / "toy.yaml"), "--trials", "2", "--out", str(tmp_path / "tuned"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    [entry] = json.loads((tmp_path / "tuned" / "tuned.json").read_text())["settings"]
+    assert entry["attack"] == "toy-descent" and entry["space"] == {"lr": "[0.001, 1] log"}
+    assert entry["trials"] == 2 and entry["tuned_value"] >= entry["default_value"]

@@ -9,8 +9,8 @@ import argparse
 import signal
 import sys
 
-from giabench import __version__
-from giabench.app import audit, commands, describe, dp_audit, reproduce
+from giabench import __version__, tuning
+from giabench.app import audit, commands, describe, dp_audit, reproduce, tune
 from giabench.errors import GiabenchError
 from giabench.registry import KINDS, protocols
 
@@ -146,6 +146,21 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
     dp.add_argument("--threads", type=int, default=1, help="CPU threads (default: %(default)s); recorded")
 
+    tuner = command("tune", "tune each attack of a suite per setting (Optuna TPE on surrogate or public stand-in "
+                            "images, never the private batches), then run the suite with default and tuned "
+                            "parameters side by side", "numerics", "parallel", "cluster", "data_root", "quiet")
+    tuner.add_argument("suite_spec", metavar="suite", help="a packaged suite name or a YAML file")
+    tuner.add_argument("--out", help="the tuning folder (default: runs/SUITE-tune); rerunning resumes it")
+    tuner.add_argument("--trials", type=int, default=tuning.TRIALS,
+                       help="trials per setting, besides the default parameters (default: %(default)s)")
+    tuner.add_argument("--batches", type=int, default=tuning.BATCHES,
+                       help="tuning batches each trial is scored on (default: %(default)s)")
+    tuner.add_argument("--seed", type=int, default=0, help="seed of the samplers (default: %(default)s)")
+    tuner.add_argument("--attacks", default="", help="only these attacks, comma-separated (default: every attack "
+                                                     "with a search space)")
+    tuner.add_argument("--stand-in", help="the public dataset a threat model without surrogate data tunes on "
+                                          "(default: giabench.tuning.STAND_INS, e.g. cifar100-sample for CIFAR-10)")
+
     gan = command("train-generator", "train a DCGAN image prior for the generative attacks; writes OUT (.pt), OUT's "
                                      ".json (config, sha256) and sample grids", "quiet")
     gan.add_argument("--dataset", required=True, help="a dataset name, e.g. mnist-5k or natural-patches")
@@ -166,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
 COMMANDS = {"run": commands.run, "audit": audit.run, "list": describe.list_components, "describe": describe.describe,
             "leaderboard": commands.leaderboard, "show": commands.show, "compare": commands.compare,
             "regress": commands.regress, "utility": commands.utility_run, "train-generator": commands.train_generator,
-            "reproduce": reproduce.run, "dp-audit": commands.dp_audit_run}
+            "reproduce": reproduce.run, "dp-audit": commands.dp_audit_run, "tune": tune.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from giabench import data, executors, numerics, runner, suite, utility, utility_config
+from giabench import data, executors, numerics, runner, suite, tuned, utility, utility_config
 from giabench.app import dp_audit
 from giabench.attacks.generators import training
 from giabench.errors import GiabenchError
@@ -19,6 +19,7 @@ from giabench.leaderboard import compare as comparison
 from giabench.leaderboard import dp_audit as audit_tables
 from giabench.leaderboard import plots, report, rounds, summary, tables, tradeoff
 from giabench.leaderboard import regress as gate
+from giabench.leaderboard import tuning as tuning_table
 from giabench.store import DB_NAME, Store
 
 EXIT_FAILED_CELLS = 1
@@ -66,6 +67,8 @@ def execute(loaded: suite.Suite, out: Path, env: runner.Environment, workers: in
             address: str | None = None, retry_failed: bool = False, quiet: bool = False) -> int:
     """Run ``loaded``'s cells (then its utility section) into ``out`` and print the leaderboard of its cells."""
     stopped, audited = None, None
+    if loaded.tuned is not None:  # the report sets the tuned parameters beside the defaults
+        keep_record(loaded.tuned, out)
     with _StopOnSignals() as caught:
         try:
             runner.run_suite(loaded, out, env, workers=workers, show_progress=not quiet, retry_failed=retry_failed,
@@ -93,6 +96,18 @@ def execute(loaded: suite.Suite, out: Path, env: runner.Environment, workers: in
               file=sys.stderr)
         return EXIT_PRIVACY_AUDIT
     return 0
+
+
+def keep_record(record: dict, out: Path) -> None:
+    """Write the tuning record a suite ran with into its run folder (unchanged: left alone)."""
+    text = json.dumps(record, indent=1, default=str)
+    target = out / tuned.RECORD
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise GiabenchError(f"{target}: cannot write the tuning record ({exc.strerror})") from None
 
 
 class _StopOnSignals:
@@ -128,9 +143,12 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
     if utility_csv is None and (run_dir / "utility" / "utility.csv").is_file():  # the suite's own utility section
         utility_csv = str(run_dir / "utility" / "utility.csv")
     rows = tradeoff.read_utility(utility_csv) if utility_csv else None  # checked before anything is written
+    record = tuned.load(run_dir) if (run_dir / tuned.RECORD).is_file() else None
     frame = tables.cells(run_dir)
     if frame.empty:
         raise GiabenchError(f"{run_dir}: no finished cells yet")
+    store = Store(run_dir, create=False)
+    against = tuning_table.table(store.cells(), store.images(), record) if record is not None else None
     trade = tradeoff.table(frame, rows) if rows is not None else None
     defended = summary.defense_summary(frame, Store(run_dir, create=False).images(), rows)
     try:
@@ -138,19 +156,23 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
         per_round = rounds.table(Store(run_dir, create=False).cells())
         if len(per_round):
             tables.write_csv(per_round, run_dir / "rounds.csv")
+        if against is not None:
+            tables.write_csv(against, run_dir / tuning_table.FILE)
         if trade is not None:
             tables.write_csv(trade, run_dir / "privacy_utility.csv")
             figure = plots.privacy_utility(report.utility_points(trade))
             if figure:
                 (run_dir / "privacy_utility.svg").write_text(figure, encoding="utf-8")
         report.write(frame, run_dir, run_dir / "leaderboard.html", title=title, tradeoff=trade, utility=rows,
-                     defended=defended)
+                     defended=defended, tuned=against)
         written = f"\n\nwrote {run_dir / 'leaderboard.csv'} and {run_dir / 'leaderboard.html'}"
     except OSError as exc:
         print(f"giabench: warning: cannot write the leaderboard in {run_dir} ({exc.strerror})", file=sys.stderr)
         written = ""
     answer = f"\n\ndefenses, most leakage first (worst case over every attack):\n{summary.terminal(defended)}" \
         if len(defended) else ""
+    if against is not None and len(against):
+        answer += f"\n\ntuned against default attacks, on the private batches:\n{tuning_table.terminal(against)}"
     return tables.terminal(tables.ranking(frame, Store(run_dir, create=False).images())) + answer + written
 
 
