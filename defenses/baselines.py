@@ -7,7 +7,7 @@ import math
 import torch
 
 from giabench.checks import Param
-from giabench.contracts import Client
+from giabench.contracts import Axis, Client
 from giabench.defenses.mechanisms import top_k_mask
 from giabench.privacy import gaussian_like
 from giabench.registry import defense
@@ -24,6 +24,7 @@ class GaussianNoise(Client):
     sensitivity of an unclipped update is unbounded), so epsilon is infinite. The attacker cannot reproduce the noise
     and matches the noise-free update."""
 
+    strength = Axis.of("sigma", 0.001, 0.01, 0.1, 1.0)
     parameters = {"sigma": Param("std of the Gaussian noise added to every entry of the update", at_least=0)}
 
     def __init__(self, protocol, *, sigma: float = 0.01):
@@ -44,6 +45,7 @@ class TopKPruning(Client):
         m_l = u_l * 1[|u_l| >= t_l],  t_l = the k_l-th largest |u_l|,  k_l = ceil((1 - fraction) * |u_l|).
     The server receives values and indices, so the mask is public: the adaptive attacker matches mask * u(x_hat)."""
 
+    strength = Axis.of("fraction", 0.5, 0.9, 0.99, 0.999)
     parameters = {"fraction": Param("the share of each tensor's entries removed (the smallest in magnitude)",
                                     at_least=0, below=1)}
 

@@ -20,7 +20,7 @@ import math
 import torch
 
 from giabench.checks import Param
-from giabench.contracts import Client
+from giabench.contracts import Axis, Client
 from giabench.defenses.mechanisms import clip_update, top_k_mask
 from giabench.errors import ConfigError
 from giabench.federation import Federation
@@ -56,6 +56,7 @@ class DeepGradientCompression(Client):
     attacker replays the recursion above on g(x_hat) exactly: the message is a known per-entry multiple of g."""
 
     federation = DGCFederation
+    strength = Axis.of("density", 0.1, 0.01, 0.001, 0.0001)
     parameters = {
         "density": Param("the share of each tensor's entries sent once warm-up is over (0.001: 99.9 % sparsity)",
                          above=0, at_most=1),

@@ -30,7 +30,7 @@ import torch
 
 from giabench import checks
 from giabench.checks import Param
-from giabench.contracts import Client
+from giabench.contracts import Axis, Client
 from giabench.defenses.mechanisms import clip_samples
 from giabench.errors import ConfigError
 from giabench.federation import Federation, load_parameters, mean_update
@@ -106,6 +106,7 @@ class DIFF2(Client):
     """DIFF2-GD on one node: restart every ``period`` rounds, clipped noisy gradient differences in between."""
 
     federation = DIFF2Federation
+    strength = Axis("noise1 = noise2", tuple({"noise1": z, "noise2": z} for z in (0.3, 1.0, 3.0, 10.0)))
     parameters = {
         "clip1": Param("C1, the per-sample gradient norm bound of a restart", above=0),
         "clip2": Param("C2: a difference's per-sample bound is C2 Delta_r, Delta_r = ||x_{r-1} - x_{r-2}||", above=0),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from giabench.checks import Param
-from giabench.contracts import Client
+from giabench.contracts import Axis, Client
 from giabench.defenses.mechanisms import clip_samples
 from giabench.privacy import ADJACENCY, DELTA, check_adjacency, dp_cost, gaussian_release
 from giabench.registry import defense
@@ -38,6 +38,7 @@ class DPSGD(Client):
     """Poisson sampling at ``sample_rate``, per-sample clipping to ``clip`` and Gaussian noise of std
     ``noise_multiplier * clip`` on every local step."""
 
+    strength = Axis.of("noise_multiplier", 0.3, 1.0, 3.0, 10.0)
     parameters = {
         "clip": Param("C, the bound on each per-sample gradient's L2 norm", above=0),
         "noise_multiplier": Param("z: Gaussian noise of std z C is added to the sum of clipped gradients", at_least=0),

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from giabench.checks import Param
-from giabench.contracts import Client
+from giabench.contracts import Axis, Client
 from giabench.errors import ConfigError
 from giabench.federation import Federation, mean_update
 from giabench.protocols import FedAvg, Update
@@ -98,6 +98,7 @@ class HideNSeek(Client):
 
     vmappable = False  # the simulated local round trains with torch.autograd inside
     shuffles = False  # its local round is its own loop, in order
+    strength = Axis.of("density", 0.5, 0.2, 0.1, 0.05)
     parameters = {
         "density": Param("the fraction of convolution and linear weights the SynFlow mask keeps", above=0, at_most=1),
         "upload": Param("scores: the score update z0 - z_K on the kept weights; signs: sign(z_K), one bit each",

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from giabench.checks import Param
-from giabench.contracts import Client
+from giabench.contracts import Axis, Client
 from giabench.defenses.mechanisms import clip_update
 from giabench.errors import ConfigError
 from giabench.federation import Federation
@@ -118,6 +118,7 @@ class HyperFL(Client):
 
     vmappable = False  # the simulated local round trains with torch.autograd inside
     shuffles = False  # its local round is its own loop, in order
+    strength = Axis.of("embed_dim", 8, 32, 64, 256)
     parameters = {
         "embed_dim": Param("size of the private client embedding v", at_least=1),
         "hidden": Param("size of the hypernetwork's hidden code h = ReLU(W v + b)", at_least=1),

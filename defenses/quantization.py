@@ -25,7 +25,7 @@ import math
 import torch
 
 from giabench.checks import Param
-from giabench.contracts import Client
+from giabench.contracts import Axis, Client
 from giabench.registry import defense
 
 SCHEMES = ("qsgd", "sign", "fp16", "uniform")
@@ -67,6 +67,7 @@ class Quantization(Client):
     """Quantization of each tensor of the update: ``scheme`` qsgd (``levels``, ``bucket``), sign (scaled signSGD),
     fp16, or uniform (``bits``); the server sees the dequantized tensors."""
 
+    strength = Axis.of("levels", 64, 16, 4, 1)
     parameters = {
         "scheme": Param("qsgd (stochastic, unbiased), sign (scaled signSGD), fp16 or uniform (deterministic)",
                         choices=SCHEMES),

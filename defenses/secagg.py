@@ -9,7 +9,7 @@ shard sizes and matches the sum.
 from __future__ import annotations
 
 from giabench.checks import Param
-from giabench.contracts import Client
+from giabench.contracts import Axis, Client
 from giabench.errors import ConfigError
 from giabench.registry import defense
 
@@ -25,6 +25,7 @@ class SecureAggregation(Client):
     """The server sees the sum of ``clients`` updates, each from one shard of the batch."""
 
     shuffles = False  # each simulated client would shuffle its own shard
+    strength = Axis.of("clients", 2, 4, 8, 16)
     parameters = {"clients": Param("K, the clients whose updates the server receives only as a sum", at_least=1)}
 
     def __init__(self, protocol, *, clients: int = 4):

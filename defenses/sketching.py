@@ -29,7 +29,7 @@ import math
 import torch
 
 from giabench.checks import Param
-from giabench.contracts import Client
+from giabench.contracts import Axis, Client
 from giabench.defenses.dp_sgd import DPSGD
 from giabench.defenses.mechanisms import clip_update
 from giabench.errors import ConfigError, NotApplicable
@@ -115,6 +115,7 @@ def unflatten(vector: torch.Tensor, like: Update) -> Update:
 class Sketching(Client):
     """The client sends y = R u (+ noise) with R an s x d sketch, s = ratio * d (Song et al. 2023, Alg. 1)."""
 
+    strength = Axis.of("ratio", 0.5, 0.1, 0.03, 0.01)
     parameters = {
         "kind": Param("the sketch R: dense gaussian, countsketch (hash and sign) or srht (subsampled Hadamard)",
                       choices=KINDS),

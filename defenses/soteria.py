@@ -16,7 +16,7 @@ import torch
 from torch.func import functional_call, vjp, vmap
 
 from giabench.checks import Param
-from giabench.contracts import Client
+from giabench.contracts import Axis, Client
 from giabench.registry import defense
 
 JACOBIAN_CHUNK = 64  # representation units whose input gradients are computed in one vmapped pass
@@ -50,6 +50,7 @@ class Soteria(Client):
     """Prunes the ``fraction`` of the last linear layer's input units whose representation reveals the most (lowest
     ||dr/dx|| / r scores are pruned, as in the reference code): those columns of its weight gradient are zeroed."""
 
+    strength = Axis.of("fraction", 0.2, 0.5, 0.8, 0.95)
     parameters = {"fraction": Param("the share of the defended layer's input units pruned (their weight-gradient "
                                     "columns zeroed)", at_least=0, below=1)}
 

@@ -94,6 +94,21 @@ def attack(name: str, params: dict) -> Component:
     return Component("attack", name, resolved)
 
 
+def swept(config) -> list:
+    """A defense entry with ``sweep: true`` as one entry per point of the defense's strength axis
+    (``Client.strength``), the point's values over the entry's; any other entry as itself."""
+    if not isinstance(config, dict) or "sweep" not in config:
+        return [config]
+    name, sweep = config.get("name"), config["sweep"]
+    if sweep is not True:
+        raise ConfigError(f"defense {name}: sweep must be true (every point of its strength axis), got {sweep!r}",
+                          field="sweep")
+    axis = defenses.get(name).strength if isinstance(name, str) else None
+    if axis is None:
+        raise ConfigError(f"defense {name}: it declares no strength axis to sweep", field="sweep")
+    return [{**{k: v for k, v in config.items() if k != "sweep"}, **point} for point in axis.points]
+
+
 def from_config(kind: str, config: dict, **context) -> Component:
     """A component from a mapping with ``name`` (a suite entry, a declaration); ``context``: a defense's
     ``protocol`` and ``batch_size``."""

@@ -21,7 +21,8 @@ randomness is not):
   (a running estimator, a score vector, a hypernetwork) replaces;
 - ``parameters`` and ``check(params, protocol, batch_size)``: each parameter documented with its range, and every
   value checked once, with the protocol and batch size it will serve, before a constructor sees it
-  (``giabench.components``), so a constructor only builds.
+  (``giabench.components``), so a constructor only builds;
+- ``strength``: its strength axis (``Axis``), the settings a frontier sweeps from weakest to strongest.
 """
 
 from __future__ import annotations
@@ -148,6 +149,25 @@ class Attack:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class Axis:
+    """A defense's strength axis: the ``points`` a frontier sweeps (partial parameter settings), weakest first;
+    ``name`` says what moves (a parameter, or a rule tying several)."""
+
+    name: str
+    points: tuple[dict, ...]
+
+    @classmethod
+    def of(cls, parameter: str, *values) -> Axis:
+        """The axis of one parameter through ``values``, weakest first."""
+        return cls(parameter, tuple({parameter: v} for v in values))
+
+    def label(self, params: dict) -> str:
+        """Where ``params`` sit on the axis: the moving values, e.g. ``noise_multiplier=1.0``."""
+        keys = sorted({k for point in self.points for k in point})
+        return ", ".join(f"{k}={params.get(k)}" for k in keys)
+
+
 class Client:
     """The undefended client: shares the protocol's update as float32. ``vmappable``: ``simulate`` can run under
     ``torch.func.vmap`` (over an attacker's restarts); False where it trains with autograd inside."""
@@ -159,6 +179,7 @@ class Client:
     shuffles = True
 
     parameters: dict[str, Param] = {}
+    strength: Axis | None = None  # None: no strength to sweep (the undefended client, a defense without a knob)
 
     def __init__(self, protocol: Protocol):
         self.protocol = protocol

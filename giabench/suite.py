@@ -157,6 +157,8 @@ def expand(doc: dict, source: str = "<suite>") -> Suite:
         for key, values in grid.items():
             where = f"{source}{_line(grid, key)}"
             values = values if isinstance(values, list) else [values]
+            if key == "defense":
+                values = _swept(values, where)
             if not values:
                 raise ConfigError(f"{where}: grid field {key!r} has no values")
             axes.append([(key, value, where) for value in values])
@@ -224,6 +226,24 @@ def _merge(current: Any, value: Any, key: str, where: str) -> Any:
     if "name" in value:
         return _with_lines(value, value)
     return _with_lines({**(current or {}), **value}, current, value)
+
+
+def _swept(values: list, where: str) -> list:
+    """The grid's defense entries, each ``sweep: true`` entry replaced by its strength axis' points."""
+    out = []
+    for value in values:
+        try:
+            points = components.swept(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{source_line(value, where)}: {exc}") from None
+        out += [value] if points == [value] else [_with_lines(point, value) for point in points]
+    return out
+
+
+def source_line(value: Any, where: str) -> str:
+    """``where`` with the line of ``value`` itself when it remembers one."""
+    line = getattr(value, "lines", {}).get("__self__")
+    return f"{where.rsplit(':', 1)[0]}:{line}" if line else where
 
 
 def _with_lines(mapping: dict, *sources: Any) -> Located:

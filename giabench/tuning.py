@@ -118,9 +118,9 @@ def _pool(cell: Cell, private: dict[str, set[int]], env: runner.Environment, sta
     exclude = sorted(private.get(_key(source), set()))
     victim = runner.load_dataset(cell.dataset, env)
     images = data.pool(runner.load_dataset(components.from_config("dataset", source), env), exclude, victim)
+    aside = f", the suite's {len(exclude)} private ones set aside" if exclude else ""
     relabelled = "" if kind == "surrogate" else f", labels modulo {victim.num_classes}"
-    return ({"dataset": source, "exclude": exclude},
-            f"{kind} {source['name']} ({len(images)} images, the suite's private ones set aside{relabelled})")
+    return {"dataset": source, "exclude": exclude}, f"{kind} {source['name']} ({len(images)} images{aside}{relabelled})"
 
 
 def _entry(cells: list[Cell]) -> dict:

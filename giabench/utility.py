@@ -12,6 +12,8 @@ every round, q = 1 at the client level), at the defense's delta and adjacency.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -23,22 +25,34 @@ from giabench import components, data, numerics
 from giabench.components import Component
 from giabench.errors import ConfigError
 from giabench.federation import load_parameters
-from giabench.utility_config import UTILITY_COLUMNS, UtilityConfig, fingerprint
+from giabench.utility_config import TUNED_COLUMNS, UTILITY_COLUMNS, UtilityConfig, fingerprint
 
 
 def split(imageset: data.ImageSet, clients: int, test_fraction: float, seed: int,
-          partition: dict | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+          partition: dict | None = None, validation: float = 0.0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(test sets, training shards): a seeded held-out ``test_fraction`` of the images, the rest dealt to the
     clients as the ``partition`` says (``giabench.utility_config.PARTITIONS``). ``iid``: one shared test set and
-    equal random shards; ``label-skew``: per client a training set and a local test set with its label mix."""
-    order = torch.randperm(len(imageset), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(test_fraction * len(imageset)))
-    test, train = order[:n_test], order[n_test:]
+    equal random shards, less the ``validation`` share of the training images (``held_out``); ``label-skew``: per
+    client a training set and a local test set with its label mix."""
+    test, held, train = _order(imageset, test_fraction, seed, validation)
     if partition is not None and partition["name"] == "label-skew":
         return _label_skew(imageset, test, train, clients, partition, seed)
     if len(train) < clients:
         raise ConfigError(f"utility: {len(train)} training images cannot feed {clients} clients")
     return [test], list(torch.tensor_split(train, clients))
+
+
+def held_out(imageset: data.ImageSet, test_fraction: float, seed: int, validation: float) -> torch.Tensor:
+    """The validation images ``split`` keeps from the clients: the training hyperparameters are chosen on them, so
+    the test split scores the chosen run only."""
+    return _order(imageset, test_fraction, seed, validation)[1]
+
+
+def _order(imageset, test_fraction: float, seed: int, validation: float):
+    order = torch.randperm(len(imageset), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(test_fraction * len(imageset)))
+    n_held = int(round(validation * (len(imageset) - n_test)))
+    return order[:n_test], order[n_test:n_test + n_held], order[n_test + n_held:]
 
 
 def label_counts(partition: dict, num_classes: int, k: int, size: int) -> list[int]:
@@ -93,10 +107,11 @@ def _imageset(cfg: UtilityConfig) -> data.ImageSet:
     return data.load(cfg.dataset.name, **{**cfg.dataset.params, **({"root": cfg.data_root} if cfg.data_root else {})})
 
 
-def train(cfg: UtilityConfig, defense: Component) -> dict:
-    """One federated training run under ``defense``; returns its utility row."""
+def train(cfg: UtilityConfig, defense: Component, validation: float = 0.0) -> dict:
+    """One federated training run under ``defense``; returns its utility row (with ``validation_accuracy`` where a
+    ``validation`` share of the training split was held out)."""
     imageset = _imageset(cfg)
-    tests, shards = split(imageset, cfg.clients, cfg.test_fraction, cfg.seed, cfg.partition)
+    tests, shards = split(imageset, cfg.clients, cfg.test_fraction, cfg.seed, cfg.partition, validation)
     model = components.build_model(cfg.model, imageset, cfg.seed)  # untrained: the utility config refuses a state
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -111,23 +126,60 @@ def train(cfg: UtilityConfig, defense: Component) -> dict:
     finals = federation.final_models()
     pairs = [(w, tests[0]) for w in finals] if len(tests) == 1 else \
         [(finals[k] if len(finals) > 1 else finals[0], tests[k]) for k in range(cfg.clients)]
-    scores = []
+    scores, checked = [], []
+    held = held_out(imageset, cfg.test_fraction, cfg.seed, validation) if validation else None
     for weights, test in pairs:
         load_parameters(model, weights)
         scores.append(accuracy(model, imageset, test))
+        if held is not None:
+            checked.append(accuracy(model, imageset, held))
     cost = federation.cost()
     return {"defense": defense.name, "defense_params": defense.params, "dataset": cfg.dataset.name,
             "model": cfg.model.name, "protocol": cfg.protocol.name, "clients": cfg.clients, "rounds": cfg.rounds,
             "batch": cfg.batch,
             "accuracy": sum(scores) / len(scores), "bytes_per_round": federation.uploaded / cfg.rounds,
             "wall_per_round_s": (time.perf_counter() - start) / cfg.rounds, "epsilon": cost["epsilon"],
-            "delta": cost["delta"], "adjacency": cost["adjacency"], "seed": cfg.seed}
+            "delta": cost["delta"], "adjacency": cost["adjacency"], "seed": cfg.seed,
+            **({"validation_accuracy": sum(checked) / len(checked)} if checked else {})}
+
+
+def variants(cfg: UtilityConfig, defense: Component) -> list[tuple[dict, UtilityConfig, Component]]:
+    """Every training configuration ``cfg.tune`` allows ``defense``: (the chosen values, the config, the defense).
+    ``server_lr`` applies to every defense, ``lr`` to a protocol with a local step size, any other key to a defense
+    that declares that parameter; one variant, the configuration as given, when nothing applies."""
+    axes = [(key, values) for key, values in cfg.tune.items()
+            if key == "server_lr" or (key == "lr" and "lr" in cfg.protocol.params) or key in defense.params]
+    out = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        chosen = dict(zip([key for key, _ in axes], combo, strict=True))
+        protocol = components.from_config("protocol", {**cfg.protocol.config, "lr": chosen["lr"]}) \
+            if "lr" in chosen else cfg.protocol
+        own = {k: v for k, v in chosen.items() if k not in ("server_lr", "lr")}
+        tuned = components.from_config("defense", {**defense.config, **own}, protocol=protocol, batch_size=cfg.batch)
+        out.append((chosen, dataclasses.replace(cfg, protocol=protocol, server_lr=chosen.get("server_lr",
+                                                                                              cfg.server_lr)), tuned))
+    return out
+
+
+def tuned_train(cfg: UtilityConfig, defense: Component) -> dict:
+    """``train`` under ``defense`` at the training configuration of highest validation accuracy among
+    ``variants`` (ties: the first); the row keeps the declared defense setting (so that it joins the attacked
+    cells) and records the chosen values (``tuned``), their validation accuracy and how many were tried."""
+    if not cfg.tune:
+        return train(cfg, defense)
+    tried = [(chosen, train(config, tuned, cfg.validation)) for chosen, config, tuned in variants(cfg, defense)]
+    chosen, row = max(tried, key=lambda pair: pair[1]["validation_accuracy"])
+    return {**row, "defense_params": defense.params, "tuned": json.dumps(chosen, sort_keys=True),
+            "variants": len(tried)}
 
 
 def check_data(cfg: UtilityConfig) -> None:
-    """The dataset loads and its training split feeds every client (before the first run starts)."""
+    """The dataset loads and its training split feeds every client, and every tuned training configuration is
+    valid for its defense (before the first run starts)."""
     imageset = _imageset(cfg)
-    split(imageset, cfg.clients, cfg.test_fraction, cfg.seed, cfg.partition)
+    split(imageset, cfg.clients, cfg.test_fraction, cfg.seed, cfg.partition, cfg.validation if cfg.tune else 0.0)
+    for defense in cfg.defenses:
+        variants(cfg, defense)
 
 
 def run(cfg: UtilityConfig, out: str | Path, show_progress: bool = True, threads: int = 1) -> pd.DataFrame:
@@ -140,12 +192,14 @@ def run(cfg: UtilityConfig, out: str | Path, show_progress: bool = True, threads
     numerics.settings("cpu", threads)
     check_data(cfg)
     with numerics.pinned("cpu", threads):
-        rows = [train(cfg, d) for d in tqdm(settings, desc="utility", unit="defense", disable=not show_progress)]
+        rows = [tuned_train(cfg, d) for d in tqdm(settings, desc="utility", unit="defense",
+                                                  disable=not show_progress)]
     frame = pd.DataFrame(rows).assign(threads=threads, hardware=numerics.hardware("cpu"))
     frame["defense_params"] = frame["defense_params"].map(lambda p: json.dumps(p, sort_keys=True))  # as cells store
+    columns = UTILITY_COLUMNS + (TUNED_COLUMNS if cfg.tune else [])
     Path(out).mkdir(parents=True, exist_ok=True)
-    frame[UTILITY_COLUMNS].to_csv(Path(out) / "utility.csv", index=False, float_format="%.6g")
-    return frame[UTILITY_COLUMNS]
+    frame[columns].to_csv(Path(out) / "utility.csv", index=False, float_format="%.6g")
+    return frame[columns]
 
 
 def run_once(cfg: UtilityConfig, folder: Path, threads: int, show_progress: bool) -> None:

@@ -17,6 +17,8 @@ from giabench.yamlfile import packaged, parse_yaml, read_spec
 UTILITY_COLUMNS = ["defense", "defense_params", "dataset", "model", "protocol", "clients", "rounds", "batch",
                    "accuracy", "bytes_per_round", "wall_per_round_s", "epsilon", "delta", "adjacency", "seed",
                    "threads", "hardware"]
+#: a run that tunes its training configuration adds: the chosen values, their validation accuracy, how many were tried
+TUNED_COLUMNS = ["tuned", "validation_accuracy", "variants"]
 
 
 @dataclass
@@ -36,11 +38,15 @@ class UtilityConfig:
     seed: int = 0
     data_root: str = ""
     partition: dict = dataclasses.field(default_factory=lambda: {"name": "iid"})
+    #: training hyperparameters chosen per defense setting on the validation split: server_lr, lr (the protocol's
+    #: local step) or a defense parameter (clip ...), each a list of values; empty: train as configured
+    tune: dict = dataclasses.field(default_factory=dict)
+    validation: float = 0.1  # the share of the training split held out to choose them (when tune is given)
 
 
 #: what a field left out is (``defenses`` left out: the undefended reference alone)
 DEFAULTS = {"dataset": "mnist-5k", "model": {"name": "mlp", "width": 64}, "protocol": {"name": "fedavg"},
-            "defenses": [{"name": "none"}], "partition": {"name": "iid"},
+            "defenses": [{"name": "none"}], "partition": {"name": "iid"}, "tune": {},
             **{f.name: f.default for f in dataclasses.fields(UtilityConfig) if f.default is not dataclasses.MISSING}}
 #: how the training split is dealt to the clients: ``iid`` (equal random shards, one held-out test split) or
 #: ``label-skew`` (HyperFL's: each client's ``train`` images, ``share`` of them from ``classes`` consecutive
@@ -89,13 +95,15 @@ def config_from_mapping(raw, where: str) -> UtilityConfig:
         value, least = values[key], 0 if key == "seed" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ConfigError(f"{where}: {key} must be a whole number >= {least}, got {value!r}")
-    for key, ok, rule in (("server_lr", lambda v: v > 0, "> 0"), ("test_fraction", lambda v: 0 < v < 1, "in (0, 1)")):
+    for key, ok, rule in (("server_lr", lambda v: v > 0, "> 0"), ("test_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
+                          ("validation", lambda v: 0 < v < 1, "in (0, 1)")):
         value = values[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not ok(value):
             raise ConfigError(f"{where}: {key} must be a number {rule}, got {value!r}")
     if not isinstance(values["data_root"], str):
         raise ConfigError(f"{where}: data_root must be a string")
     values["partition"] = _partition(values["partition"], where)
+    values["tune"] = _tune(values["tune"], where)
     if not isinstance(values["defenses"], list) or not values["defenses"]:
         raise ConfigError(f"{where}: defenses must be a non-empty list of defense names or mappings")
     return UtilityConfig(**{**values, **_components(values, where)})
@@ -124,6 +132,22 @@ def _partition(raw, where: str) -> dict:
     return values
 
 
+def _tune(raw, where: str) -> dict:
+    """``tune``: a mapping of hyperparameter names to non-empty lists of numbers (each value checked where it is
+    applied: a defense's own range, a protocol's)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: tune must map hyperparameters (server_lr, lr, clip ...) to lists of values, "
+                          f"got {raw!r}", field="tune")
+    for key, values in raw.items():
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ConfigError(f"{where}: tune {key} must be a non-empty list of numbers, got {values!r}",
+                              field="tune")
+        if key == "server_lr" and min(values) <= 0:
+            raise ConfigError(f"{where}: tune server_lr values must be > 0, got {values!r}", field="tune")
+    return dict(raw)
+
+
 def _components(values: dict, where: str) -> dict:
     """The dataset, the model, protocol and every defense resolved against their registries."""
     try:
@@ -137,7 +161,7 @@ def _components(values: dict, where: str) -> dict:
     try:
         protocol = components.from_config("protocol", values["protocol"])
         defenses = []
-        for d in values["defenses"]:
+        for d in (point for entry in values["defenses"] for point in components.swept(entry)):
             d = {"name": d} if isinstance(d, str) else d
             if not isinstance(d, dict) or not isinstance(d.get("name"), str):
                 raise ConfigError(f"every entry of defenses needs a name, got {d!r}")

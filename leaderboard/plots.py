@@ -1,5 +1,5 @@
-"""Plots for the report as inline SVG: privacy against utility, PSNR against epsilon, leakage per round of a federated
-app's run, and an objective sparkline.
+"""Plots for the report as inline SVG: privacy against utility, each defense's frontier, PSNR against epsilon, leakage
+per round of a federated app's run, and an objective sparkline.
 
 Text is drawn as glyph paths (matplotlib's ``svg.fonttype = "path"``), so names from a run never reach the page as
 markup. Matplotlib renders off-screen (Agg); nothing is shown or downloaded.
@@ -48,6 +48,37 @@ def privacy_utility(points: pd.DataFrame) -> str | None:
                         fontsize=FONT - 1)
     return _finish(plt, fig, ax, "test accuracy after federated training (giabench utility)",
                    "worst-case PSNR over attacks (dB)", "Privacy against utility: lower and further right is better")
+
+
+def frontiers(table: pd.DataFrame, against: str = "accuracy") -> str | None:
+    """Each defense's frontier (``giabench.leaderboard.frontiers``): worst-case PSNR (y) against ``against`` (x:
+    ``accuracy``, or ``epsilon_training`` on a log scale for the DP frontiers), one line per frontier through its
+    points weakest to strongest, its undefended point hollow at the start (dashed to the first point)."""
+    if table.empty or against not in table:
+        return None
+    points = table.dropna(subset=[against, "psnr"])
+    if against == "epsilon_training":
+        points = points[points[against].map(lambda e: math.isfinite(e) and e > 0) | (points["order"] < 0)]
+    lines = [(key, part.sort_values("order")) for key, part in points.groupby(["defense", "frontier"], sort=False)
+             if (part["order"] >= 0).sum() >= 2]
+    if not lines:
+        return None
+    plt, fig, ax = _figure(7.5, 4.8)
+    for (defense, rest), part in lines:
+        on_axis, clear = part[part["order"] >= 0], part[part["order"] < 0]
+        line, = ax.plot(on_axis[against], on_axis["psnr"], marker="o",
+                        label=f"{defense}{f' ({rest})' if rest else ''}: "
+                              f"{on_axis['point'].iloc[0]} ... {on_axis['point'].iloc[-1]}")
+        if len(clear) and (against != "epsilon_training"):
+            ax.plot([clear[against].iloc[0], on_axis[against].iloc[0]], [clear["psnr"].iloc[0],
+                    on_axis["psnr"].iloc[0]], linestyle="--", linewidth=1, color=line.get_color())
+            ax.scatter(clear[against], clear["psnr"], s=60, facecolors="none", edgecolors=line.get_color())
+    if against == "epsilon_training":
+        ax.set_xscale("log")
+        return _finish(plt, fig, ax, "epsilon composed over the training run (log)",
+                       "worst-case PSNR over attacks (dB)", "DP frontiers: leakage against the privacy budget")
+    return _finish(plt, fig, ax, "test accuracy, training tuned on the validation split (hollow: no defense)",
+                   "worst-case PSNR over attacks (dB)", "Frontiers: each defense along its strength axis")
 
 
 def psnr_epsilon(points: pd.DataFrame) -> str | None:

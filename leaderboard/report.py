@@ -29,7 +29,7 @@ from markupsafe import Markup
 from giabench.contracts import is_private
 from giabench.errors import GiabenchError
 from giabench.intervals import cluster_bootstrap
-from giabench.leaderboard import dp_audit, gallery, plots, rounds, summary, tables
+from giabench.leaderboard import dp_audit, frontiers, gallery, plots, rounds, summary, tables
 from giabench.registry import registry
 from giabench.store import Store
 
@@ -45,7 +45,9 @@ COLUMN_NAMES = {"iterations": "budget", "batch_size": "B", "label_acc": "label a
                 "default_interval": "default 95 %",
                 "tuned_psnr": "tuned PSNR", "tuned_interval": "tuned 95 %", "gain": "gain (dB, paired)",
                 "gain_interval": "gain 95 %", "p_value": "Wilcoxon p", "tuned_params": "tuned parameters",
-                "attack_minutes": "tuning minutes", "data": "tuned on"}
+                "attack_minutes": "tuning minutes", "data": "tuned on", "point": "point on the strength axis",
+                "attacks": "attack settings compared", "tuned": "training chosen on validation",
+                "frontier": "other parameters"}
 SUMMARY_COLUMNS = [("defense", "defenses"), ("attack", "attacks"), ("dataset", "text"), ("model", "text"),
                    ("batch_size", "int"), ("psnr", "2"), ("psnr_interval", "text"), ("above", "2"),
                    ("above_interval", "text"), ("images", "int"), ("versus_next", "text"), ("epsilon", "2"),
@@ -261,6 +263,16 @@ def _with_intervals(defended: pd.DataFrame) -> pd.DataFrame:
                            above_interval=tables.intervals(defended, "above"))
 
 
+def _frontier_table(frontier: pd.DataFrame) -> dict | None:
+    """Every frontier's points (``giabench.leaderboard.frontiers``); None where the run has none."""
+    if frontier.empty:
+        return None
+    shown = frontier.assign(psnr_interval=tables.intervals(frontier, "psnr"))
+    return _table(shown, [("defense", "text"), ("frontier", "text"), ("point", "text"), ("psnr", "2"),
+                          ("psnr_interval", "text"), ("attack", "attacks"), ("attacks", "int"), ("accuracy", "3"),
+                          ("epsilon_training", "2"), ("adjacency", "text"), ("tuned", "text")])
+
+
 def _tuned_table(tuned: pd.DataFrame | None) -> dict | None:
     """The tuned-against-default table (``giabench.leaderboard.tuning``); None where no tuning ran."""
     if tuned is None or tuned.empty:
@@ -315,7 +327,8 @@ def _epsilon_points(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str = "giabench leaderboard",
           tradeoff: pd.DataFrame | None = None, utility: pd.DataFrame | None = None,
-          defended: pd.DataFrame | None = None, tuned: pd.DataFrame | None = None) -> None:
+          defended: pd.DataFrame | None = None, tuned: pd.DataFrame | None = None,
+          frontier: pd.DataFrame | None = None) -> None:
     """Render the report of ``frame`` (the run's cells) to ``path``; ``tradeoff``: the privacy-utility table,
     ``utility``: the rows of the utility run it joins (their accuracy enters the defense summary), ``defended``: that
     summary when the caller has it already (``summary.defense_summary``; computed here otherwise)."""
@@ -329,10 +342,14 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
     matrices = _matrices(frame, tradeoff)
     if defended is None:
         defended = summary.defense_summary(frame, images, utility)
+    if frontier is None:
+        frontier = frontiers.table(frame, images, utility)
     trained_on = sorted({f"{d}/{m}" for d, m in zip(utility["dataset"], utility["model"], strict=True)}) \
         if utility is not None else []
     plot_list = [(name, Markup(svg)) for name, svg in (
         ("Privacy against utility", plots.privacy_utility(utility_points(tradeoff))),
+        ("Frontiers against accuracy", plots.frontiers(frontier, "accuracy")),
+        ("Frontiers against epsilon", plots.frontiers(frontier, "epsilon_training")),
         ("PSNR against epsilon", plots.psnr_epsilon(_epsilon_points(frame))),
         ("Leakage per round", plots.per_round(per_round))) if svg]
     rank = tables.ranking(frame, images)
@@ -360,6 +377,6 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
                                    ("adjacency_training", "text")]) if tradeoff is not None and len(tradeoff) else None,
         rounds=_table(per_round, ROUND_COLUMNS) if len(per_round) else None,
         unscored=int((per_round["lpips_source"] == "unscored").sum()),
-        privacy=_privacy_table(run_dir), tuned=_tuned_table(tuned), details=_details(frame, run_dir, stored),
-        colour=leakage_colour, number=number)
+        privacy=_privacy_table(run_dir), tuned=_tuned_table(tuned), frontier=_frontier_table(frontier),
+        details=_details(frame, run_dir, stored), colour=leakage_colour, number=number)
     Path(path).write_text(page, encoding="utf-8")

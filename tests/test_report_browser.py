@@ -28,8 +28,7 @@ defaults:
   attack: {name: ig, iterations: 20, tv: 0.0}
 grid:
   attack: [{name: ig, iterations: 20, tv: 0.0}, {name: idlg, iterations: 20}]
-  defense: [none, {name: dp-sgd, noise_multiplier: 1.0}, {name: dp-sgd, noise_multiplier: 0.3},
-            {name: prune, fraction: 0.9}]
+  defense: [none, {name: dp-sgd, sweep: true}, {name: prune, fraction: 0.9}]
   seed: [0, 1, 2]
 """
 UTILITY = """
@@ -40,9 +39,9 @@ clients: 2
 rounds: 2
 batch: 4
 test_fraction: 0.4
+tune: {server_lr: [0.1, 0.5]}
 defenses:
-  - {name: dp-sgd, noise_multiplier: 1.0}
-  - {name: dp-sgd, noise_multiplier: 0.3}
+  - {name: dp-sgd, sweep: true}
   - {name: prune, fraction: 0.9}
 """
 
@@ -84,7 +83,7 @@ def test_the_report_loads_without_errors_with_every_part_and_image(browser, repo
     assert errors == []
     assert page.locator("table.matrix").count() == 1
     assert page.locator(".set").count() >= 6 and page.locator(".tiles img").count() >= 18  # galleries
-    assert page.locator(".plot svg").count() == 2  # privacy-utility and PSNR-epsilon
+    assert page.locator(".plot svg").count() == 4  # privacy-utility, the frontiers (accuracy, epsilon), PSNR-epsilon
     broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
     assert broken == 0 and page.evaluate("document.images.length") > 40
     sizes = page.evaluate("Array.from(document.querySelectorAll('.tiles figure img'))"
@@ -97,7 +96,7 @@ def test_the_report_loads_without_errors_with_every_part_and_image(browser, repo
 def test_a_header_click_sorts_every_table_both_ways(browser, report):
     page, errors = _open(browser, report, 1400)
     tables = page.locator("table.sortable")
-    assert tables.count() == 5  # defense summary, privacy audit, privacy-utility, ranking, label track
+    assert tables.count() == 6  # defense summary, frontiers, privacy audit, privacy-utility, ranking, label track
     for t in range(tables.count()):
         table = tables.nth(t)
         headers = table.locator("thead th")
@@ -174,5 +173,22 @@ def test_the_defense_summary_leads_sorted_by_leakage_with_every_defense_setting(
     assert sorted(shown) == sorted(settings)  # each setting once, labelled with the parameters it changes
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#answer").screenshot(path=str(ARTIFACTS / "defense-summary.png"))
+    assert errors == []
+    page.close()
+
+
+def test_the_frontier_of_a_swept_defense_is_drawn_and_tabled(browser, report):
+    """DP-SGD swept along its noise multiplier: a frontier of its 4 points and the undefended one, in the table and
+    in both frontier plots."""
+    page, errors = _open(browser, report, 1400)
+    rows = page.locator("#frontier-table tbody tr")
+    assert rows.count() == 5
+    points = page.locator("#frontier-table tbody tr td:nth-child(3)").all_inner_texts()
+    assert points == ["no defense"] + [f"noise_multiplier={z}" for z in (0.3, 1.0, 3.0, 10.0)]
+    plots = page.locator('.plot[aria-label^="Frontiers"]')
+    assert plots.count() == 2
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#frontiers").screenshot(path=str(ARTIFACTS / "frontiers-table.png"))
+    plots.first.screenshot(path=str(ARTIFACTS / "frontiers.png"))
     assert errors == []
     page.close()

@@ -71,7 +71,7 @@ def test_trials_never_see_a_private_image_nor_a_private_seed():
                            "grid": {"seed": [0, 1, 2, 3]}})
     env = runner.Environment()
     [setting], skipped = tuning.settings(loaded, env)
-    assert not skipped and setting.data.startswith("surrogate mnist-sample (16 images")
+    assert not skipped and setting.data == "surrogate mnist-sample (16 images, the suite's 4 private ones set aside)"
     private = data.load("mnist-sample").images[:4]
     for cell in setting.cells_for({"lr": 0.5}, 3):
         assert cell.seed >= tuning.TUNING_SEED and cell.attack.params["lr"] == 0.5

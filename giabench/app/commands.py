@@ -17,7 +17,7 @@ from giabench.attacks.generators import training
 from giabench.errors import GiabenchError
 from giabench.leaderboard import compare as comparison
 from giabench.leaderboard import dp_audit as audit_tables
-from giabench.leaderboard import plots, report, rounds, summary, tables, tradeoff
+from giabench.leaderboard import frontiers, plots, report, rounds, summary, tables, tradeoff
 from giabench.leaderboard import regress as gate
 from giabench.leaderboard import tuning as tuning_table
 from giabench.store import DB_NAME, Store
@@ -149,6 +149,7 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
         raise GiabenchError(f"{run_dir}: no finished cells yet")
     store = Store(run_dir, create=False)
     against = tuning_table.table(store.cells(), store.images(), record) if record is not None else None
+    front = frontiers.table(frame, store.images(), rows)
     trade = tradeoff.table(frame, rows) if rows is not None else None
     defended = summary.defense_summary(frame, Store(run_dir, create=False).images(), rows)
     try:
@@ -158,13 +159,15 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
             tables.write_csv(per_round, run_dir / "rounds.csv")
         if against is not None:
             tables.write_csv(against, run_dir / tuning_table.FILE)
+        if len(front):
+            tables.write_csv(front, run_dir / frontiers.FILE)
         if trade is not None:
             tables.write_csv(trade, run_dir / "privacy_utility.csv")
             figure = plots.privacy_utility(report.utility_points(trade))
             if figure:
                 (run_dir / "privacy_utility.svg").write_text(figure, encoding="utf-8")
         report.write(frame, run_dir, run_dir / "leaderboard.html", title=title, tradeoff=trade, utility=rows,
-                     defended=defended, tuned=against)
+                     defended=defended, tuned=against, frontier=front)
         written = f"\n\nwrote {run_dir / 'leaderboard.csv'} and {run_dir / 'leaderboard.html'}"
     except OSError as exc:
         print(f"giabench: warning: cannot write the leaderboard in {run_dir} ({exc.strerror})", file=sys.stderr)
