@@ -165,7 +165,9 @@ def _components(values: dict, where: str) -> dict:
             d = {"name": d} if isinstance(d, str) else d
             if not isinstance(d, dict) or not isinstance(d.get("name"), str):
                 raise ConfigError(f"every entry of defenses needs a name, got {d!r}")
-            defenses.append(components.from_config("defense", d, protocol=protocol, batch_size=values["batch"]))
+            resolved = components.from_config("defense", d, protocol=protocol, batch_size=values["batch"])
+            if resolved not in defenses:  # a swept point the list also names is trained once
+                defenses.append(resolved)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}", field=exc.field) from None
     return {"dataset": dataset, "model": model, "protocol": protocol, "defenses": defenses}

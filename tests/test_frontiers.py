@@ -94,3 +94,12 @@ def test_a_frontier_takes_each_point_s_worst_case_over_the_attacks_that_ran_at_e
     assert table["accuracy"].iloc[0] == 0.9 and table["accuracy"].iloc[2] == 0.8 and table["accuracy"].isna().sum() == 2
     one_point = _cells([("prune", prune[0], "ig", 20.0, 0)])
     assert frontiers.table(one_point, images).empty
+
+
+def test_describe_names_a_defense_s_axis_and_an_attack_s_search_space(capsys):
+    from giabench.app import cli
+
+    assert cli.main(["describe", "dp-sgd"]) == 0 and cli.main(["describe", "ig"]) == 0
+    printed = capsys.readouterr().out
+    assert "strength axis (sweep: true), weakest first: noise_multiplier=0.3; noise_multiplier=1.0" in printed
+    assert "searched by giabench tune: lr in [0.001, 1] log, tv in [1e-07, 1] log" in printed

@@ -84,5 +84,16 @@ def describe(name: str) -> int:
         obj = registry(kind).get(name)
         doc = inspect.cleandoc(obj.__doc__ or "")
         print(f"{heading(kind, name)}\n\n{doc}\n(the paper and the equations: the docstring of {obj.__module__})\n\n"
-              f"{parameter_table(parameter_rows(kind, name), indent='')}\n")
+              f"{parameter_table(parameter_rows(kind, name), indent='')}\n{sweeps(kind, obj)}")
     return 0
+
+
+def sweeps(kind: str, obj) -> str:
+    """What ``giabench tune`` searches of an attack, or the strength axis ``sweep: true`` follows for a defense."""
+    if kind == "attacks":
+        space = obj.search_space((3, 32, 32))
+        return ("searched by giabench tune: " + ", ".join(f"{k} in {d.describe()}" for k, d in space.items()) + "\n"
+                if space else "")
+    axis = getattr(obj, "strength", None) if kind == "defenses" else None
+    return f"strength axis (sweep: true), weakest first: {'; '.join(axis.label(p) for p in axis.points)}\n" \
+        if axis else ""
