@@ -235,12 +235,12 @@ def _swept(values: list, where: str) -> list:
         try:
             points = components.swept(value)
         except ConfigError as exc:
-            raise ConfigError(f"{source_line(value, where)}: {exc}") from None
+            raise ConfigError(f"{_value_line(value, where)}: {exc}") from None
         out += [value] if points == [value] else [_with_lines(point, value) for point in points]
     return out
 
 
-def source_line(value: Any, where: str) -> str:
+def _value_line(value: Any, where: str) -> str:
     """``where`` with the line of ``value`` itself when it remembers one."""
     line = getattr(value, "lines", {}).get("__self__")
     return f"{where.rsplit(':', 1)[0]}:{line}" if line else where

@@ -60,14 +60,15 @@ def intervals(frame: pd.DataFrame, metric: str, digits: int = 2) -> list[str]:
 
 
 def short(kind: str, name: str, params: str) -> str:
-    """``name(k=v,...)`` with only the parameters that differ from the component's defaults."""
+    """``name(k=v,...)`` with only the parameters that differ from the component's defaults (floats to 4 digits)."""
     items = json.loads(params) if params else {}
     defaults = {"state": "untrained", "mode": "eval"}
     try:
         defaults.update(registry(kind).defaults(name))
     except GiabenchError:  # a component whose package is not installed here
         pass
-    changed = ",".join(f"{k}={v}" for k, v in items.items() if defaults.get(k) != v)
+    changed = ",".join(f"{k}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in items.items()
+                       if defaults.get(k) != v)
     return f"{name}({changed})" if changed else name
 
 
