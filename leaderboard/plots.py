@@ -50,35 +50,42 @@ def privacy_utility(points: pd.DataFrame) -> str | None:
                    "worst-case PSNR over attacks (dB)", "Privacy against utility: lower and further right is better")
 
 
-def frontiers(table: pd.DataFrame, against: str = "accuracy") -> str | None:
-    """Each defense's frontier (``giabench.leaderboard.frontiers``): worst-case PSNR (y) against ``against`` (x:
-    ``accuracy``, or ``epsilon_training`` on a log scale for the DP frontiers), one line per frontier through its
-    points weakest to strongest, its undefended point hollow at the start (dashed to the first point)."""
-    if table.empty or against not in table:
+#: the axes a frontier plot may draw: (axis label, log scale)
+FRONTIER_AXES = {"accuracy": ("test accuracy, training tuned on the validation split", False),
+                 "psnr": ("worst-case PSNR over attacks (dB)", False),
+                 "epsilon_training": ("epsilon composed over the training run (log)", True)}
+
+
+def frontiers(table: pd.DataFrame, x: str, y: str, title: str) -> str | None:
+    """Each defense's frontier (``giabench.leaderboard.frontiers``), ``y`` against ``x`` (``FRONTIER_AXES``), one line
+    per frontier through its points weakest to strongest, its undefended point hollow and dashed to the first point
+    (on an epsilon axis only the DP points are drawn: the undefended point has none)."""
+    if table.empty or x not in table or y not in table:
         return None
-    points = table.dropna(subset=[against, "psnr"])
-    if against == "epsilon_training":
-        points = points[points[against].map(lambda e: math.isfinite(e) and e > 0) | (points["order"] < 0)]
-    lines = [(key, part.sort_values("order")) for key, part in points.groupby(["defense", "frontier"], sort=False)
+    points = table.dropna(subset=[x, y])
+    for column in (x, y):
+        if FRONTIER_AXES[column][1]:
+            points = points[points[column].map(lambda e: math.isfinite(e) and e > 0)]
+    lines = [(key, part.sort_values("order")) for key, part in points.groupby(["defense", "frontier"], sort=False,
+                                                                              dropna=False)
              if (part["order"] >= 0).sum() >= 2]
     if not lines:
         return None
     plt, fig, ax = _figure(7.5, 4.8)
     for (defense, rest), part in lines:
         on_axis, clear = part[part["order"] >= 0], part[part["order"] < 0]
-        line, = ax.plot(on_axis[against], on_axis["psnr"], marker="o",
-                        label=f"{defense}{f' ({rest})' if rest else ''}: "
-                              f"{on_axis['point'].iloc[0]} ... {on_axis['point'].iloc[-1]}")
-        if len(clear) and (against != "epsilon_training"):
-            ax.plot([clear[against].iloc[0], on_axis[against].iloc[0]], [clear["psnr"].iloc[0],
-                    on_axis["psnr"].iloc[0]], linestyle="--", linewidth=1, color=line.get_color())
-            ax.scatter(clear[against], clear["psnr"], s=60, facecolors="none", edgecolors=line.get_color())
-    if against == "epsilon_training":
-        ax.set_xscale("log")
-        return _finish(plt, fig, ax, "epsilon composed over the training run (log)",
-                       "worst-case PSNR over attacks (dB)", "DP frontiers: leakage against the privacy budget")
-    return _finish(plt, fig, ax, "test accuracy, training tuned on the validation split (hollow: no defense)",
-                   "worst-case PSNR over attacks (dB)", "Frontiers: each defense along its strength axis")
+        rest = rest if isinstance(rest, str) else ""
+        line, = ax.plot(on_axis[x], on_axis[y], marker="o", label=f"{defense}{f' ({rest})' if rest else ''}: "
+                                                                  f"{on_axis['point'].iloc[0]} ... "
+                                                                  f"{on_axis['point'].iloc[-1]}")
+        if len(clear):
+            ax.plot([clear[x].iloc[0], on_axis[x].iloc[0]], [clear[y].iloc[0], on_axis[y].iloc[0]], linestyle="--",
+                    linewidth=1, color=line.get_color())
+            ax.scatter(clear[x], clear[y], s=60, facecolors="none", edgecolors=line.get_color())
+    for column, scale in ((x, ax.set_xscale), (y, ax.set_yscale)):
+        if FRONTIER_AXES[column][1]:
+            scale("log")
+    return _finish(plt, fig, ax, FRONTIER_AXES[x][0], FRONTIER_AXES[y][0], title)
 
 
 def psnr_epsilon(points: pd.DataFrame) -> str | None:

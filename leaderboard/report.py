@@ -348,8 +348,12 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
         if utility is not None else []
     plot_list = [(name, Markup(svg)) for name, svg in (
         ("Privacy against utility", plots.privacy_utility(utility_points(tradeoff))),
-        ("Frontiers against accuracy", plots.frontiers(frontier, "accuracy")),
-        ("Frontiers against epsilon", plots.frontiers(frontier, "epsilon_training")),
+        ("Frontiers against accuracy", plots.frontiers(frontier, "accuracy", "psnr", "Frontiers: worst-case leakage "
+                                                       "against accuracy (hollow: no defense)")),
+        ("Frontiers against epsilon", plots.frontiers(frontier, "epsilon_training", "psnr",
+                                                      "DP frontiers: worst-case leakage against epsilon")),
+        ("Accuracy against epsilon", plots.frontiers(frontier, "epsilon_training", "accuracy",
+                                                     "DP frontiers: accuracy against epsilon, training tuned")),
         ("PSNR against epsilon", plots.psnr_epsilon(_epsilon_points(frame))),
         ("Leakage per round", plots.per_round(per_round))) if svg]
     rank = tables.ranking(frame, images)

@@ -83,7 +83,7 @@ def test_the_report_loads_without_errors_with_every_part_and_image(browser, repo
     assert errors == []
     assert page.locator("table.matrix").count() == 1
     assert page.locator(".set").count() >= 6 and page.locator(".tiles img").count() >= 18  # galleries
-    assert page.locator(".plot svg").count() == 4  # privacy-utility, the frontiers (accuracy, epsilon), PSNR-epsilon
+    assert page.locator(".plot svg").count() == 5  # privacy-utility, 3 frontier plots, PSNR-epsilon
     broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
     assert broken == 0 and page.evaluate("document.images.length") > 40
     sizes = page.evaluate("Array.from(document.querySelectorAll('.tiles figure img'))"
@@ -185,8 +185,8 @@ def test_the_frontier_of_a_swept_defense_is_drawn_and_tabled(browser, report):
     assert rows.count() == 5
     points = page.locator("#frontier-table tbody tr td:nth-child(3)").all_inner_texts()
     assert points == ["no defense"] + [f"noise_multiplier={z}" for z in (0.3, 1.0, 3.0, 10.0)]
-    plots = page.locator('.plot[aria-label^="Frontiers"]')
-    assert plots.count() == 2
+    plots = page.locator('.plot[aria-label^="Frontiers"], .plot[aria-label="Accuracy against epsilon"]')
+    assert plots.count() == 3
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#frontiers").screenshot(path=str(ARTIFACTS / "frontiers-table.png"))
     plots.first.screenshot(path=str(ARTIFACTS / "frontiers.png"))
