@@ -65,7 +65,7 @@ def frontiers(table: pd.DataFrame, x: str, y: str, title: str) -> str | None:
     points = table.dropna(subset=[x, y])
     for column in (x, y):
         if FRONTIER_AXES[column][1]:
-            points = points[points[column].map(lambda e: math.isfinite(e) and e > 0)]
+            points = points.loc[[math.isfinite(e) and e > 0 for e in points[column]]] if len(points) else points
     lines = [(key, part.sort_values("order")) for key, part in points.groupby(["defense", "frontier"], sort=False,
                                                                               dropna=False)
              if (part["order"] >= 0).sum() >= 2]

@@ -103,3 +103,16 @@ def test_describe_names_a_defense_s_axis_and_an_attack_s_search_space(capsys):
     printed = capsys.readouterr().out
     assert "strength axis (sweep: true), weakest first: noise_multiplier=0.3; noise_multiplier=1.0" in printed
     assert "searched by giabench tune: lr in [0.001, 1] log, tv in [1e-07, 1] log" in printed
+
+
+def test_a_frontier_without_utility_rows_draws_no_accuracy_plot_but_its_leakage_table_stands():
+    from giabench.leaderboard import plots
+
+    prune = [json.dumps({"fraction": f}) for f in (0.5, 0.9)]
+    cells = _cells([("none", "{}", "ig", 30.0, 0), ("prune", prune[0], "ig", 20.0, 0),
+                    ("prune", prune[1], "ig", 15.0, 0)])
+    images = pd.DataFrame({"cell": cells["cell"], "image": 0, "psnr": cells["psnr"]})
+    table = frontiers.table(cells, images)
+    assert len(table) == 3 and table["accuracy"].isna().all()
+    assert plots.frontiers(table, "accuracy", "psnr", "t") is None
+    assert plots.frontiers(table, "epsilon_training", "accuracy", "t") is None
