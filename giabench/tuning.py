@@ -3,8 +3,10 @@
 A *setting* is a suite's cell without its seed. For every setting whose attack declares a search space
 (``Attack.search_space``), Optuna's TPE proposes parameters; a trial runs the setting on ``batches`` tuning batches
 (cells with seeds ``TUNING_SEED + k``: neither the victim's initialization, the defense's noise nor the attack's start
-repeats a private cell's) and scores the mean PSNR of its reconstructions, each clipped at ``EXACT_DB`` (above it a
-reconstruction is exact, and the digits between are convergence noise). The tuning batches come from
+repeats a private cell's) and scores it by ``OBJECTIVES``: the mean PSNR of its reconstructions, each clipped at
+``EXACT_DB`` (above it a reconstruction is exact, and the digits between are convergence noise), or their mean SSIM,
+or minus their mean LPIPS (which, unlike PSNR, does not reward a blurred guess near the noise floor). The tuning
+batches come from
 
 - the cell's dataset, where the threat model grants surrogate data of the client's distribution (D and up);
 - else a public stand-in of the same image shape (``STAND_INS``, or the caller's ``stand_in``), labels taken modulo
@@ -129,24 +131,33 @@ def _entry(cells: list[Cell]) -> dict:
             "defense": first.defense.config, "seeds": [cell.seed for cell in cells]}
 
 
-def objective(rows: pd.DataFrame) -> tuple[float | None, str]:
-    """A trial's score from its cells' rows: the mean PSNR clipped at ``EXACT_DB``; None and the reason where a
-    cell failed, was not applicable or reconstructed no image."""
-    bad = rows[(rows["status"] != "ok") | rows["psnr"].isna()]
+#: what a trial maximizes, from its cells' rows: (the metric, how a row's value enters)
+OBJECTIVES = {"psnr": ("psnr", lambda v: v.clip(upper=EXACT_DB)), "ssim": ("ssim", lambda v: v),
+              "lpips": ("lpips", lambda v: -v)}
+
+
+def objective(rows: pd.DataFrame, name: str = "psnr") -> tuple[float | None, str]:
+    """A trial's score from its cells' rows (``OBJECTIVES[name]``, averaged); None and the reason where a cell failed,
+    was not applicable or has no such score (no image, LPIPS unavailable)."""
+    metric, enters = OBJECTIVES[name]
+    bad = rows[(rows["status"] != "ok") | rows[metric].isna()]
     if len(bad):
         first = bad.iloc[0]
-        return None, f"{first['status']}: {first['note']}" if first["note"] else str(first["status"])
-    return float(rows["psnr"].clip(upper=EXACT_DB).mean()), ""
+        why = f"{first['status']}: {first['note']}" if first["note"] else str(first["status"])
+        return None, why if first["status"] != "ok" else f"no {metric} score"
+    return float(enters(rows[metric]).mean()), ""
 
 
 def tune(loaded: Suite, out: Path, env: runner.Environment, trials: int = TRIALS, batches: int = BATCHES,
          seed: int = 0, attacks: set[str] | None = None, stand_in: str | None = None, workers: int = 1,
-         executor: str = "local", address: str | None = None, quiet: bool = False) -> dict:
+         executor: str = "local", address: str | None = None, quiet: bool = False, score: str = "psnr") -> dict:
     """Tune every setting of ``loaded`` (see the module docstring) and write the record ``out/tuned.json``."""
     import optuna
 
     if trials < 1 or batches < 1:
         raise GiabenchError(f"--trials and --batches must be >= 1, got {trials} and {batches}")
+    if score not in OBJECTIVES:
+        raise GiabenchError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {score!r}")
     start = time.perf_counter()
     chosen, skipped = settings(loaded, env, attacks, stand_in)
     try:
@@ -154,7 +165,8 @@ def tune(loaded: Suite, out: Path, env: runner.Environment, trials: int = TRIALS
     except OSError as exc:
         raise GiabenchError(f"{out}: cannot create the tuning folder ({exc.strerror})") from None
     with exclusive(out / "study"):
-        record = _tune(optuna, loaded, out, env, chosen, trials, batches, seed, workers, executor, address, quiet)
+        record = _tune(optuna, loaded, out, env, chosen, trials, batches, seed, workers, executor, address, quiet,
+                       score)
     record["settings"] += skipped
     record["wall_minutes"] = _previous_minutes(out) + (time.perf_counter() - start) / 60
     target = out / tuned.RECORD
@@ -164,7 +176,7 @@ def tune(loaded: Suite, out: Path, env: runner.Environment, trials: int = TRIALS
 
 
 def _tune(optuna, loaded: Suite, out: Path, env: runner.Environment, chosen: list[Setting], trials: int,
-          batches: int, seed: int, workers: int, executor: str, address: str | None, quiet: bool) -> dict:
+          batches: int, seed: int, workers: int, executor: str, address: str | None, quiet: bool, score: str) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     journal = optuna.storages.journal.JournalFileBackend(str(out / "study" / "optuna.journal"))
@@ -180,11 +192,11 @@ def _tune(optuna, loaded: Suite, out: Path, env: runner.Environment, chosen: lis
 
     defaults = {s.key: s.cells_for({}, batches) for s in chosen}
     rows = run([c for cells in defaults.values() for c in cells]) if chosen else None
-    scored = {s.key: objective(rows.loc[[c.id for c in defaults[s.key]]]) for s in chosen}
+    scored = {s.key: objective(rows.loc[[c.id for c in defaults[s.key]]], score) for s in chosen}
     active = [s for s in chosen if scored[s.key][0] is not None]
     for s in active:
         study = optuna.create_study(study_name=s.key, storage=storage, direction="maximize", load_if_exists=True)
-        _same_plan(study, {"batches": batches, "seed": seed}, out)
+        _same_plan(study, {"batches": batches, "seed": seed, "objective": score}, out)
         _requeue_stale(study)
     while True:
         asked = []
@@ -197,7 +209,7 @@ def _tune(optuna, loaded: Suite, out: Path, env: runner.Environment, chosen: lis
             break
         rows = run([c for _, _, cells in asked for c in cells])
         for study, trial, cells in asked:
-            value, why = objective(rows.loc[[c.id for c in cells]])
+            value, why = objective(rows.loc[[c.id for c in cells]], score)
             trial.set_user_attr("cells", [c.id for c in cells])
             if value is None:
                 trial.set_user_attr("failed", why)
@@ -208,7 +220,7 @@ def _tune(optuna, loaded: Suite, out: Path, env: runner.Environment, chosen: lis
     entries = [_record(s, scored[s.key], rows, defaults[s.key],
                        _study(optuna, storage, s.key, seed, trials) if s in active else None) for s in chosen]
     return {"format": tuned.FORMAT, "suite": loaded.name, "source": loaded.source, "trials": trials,
-            "batches": batches, "seed": seed, "tuning_seed": TUNING_SEED, "numerics": env.numerics,
+            "batches": batches, "seed": seed, "objective": score, "tuning_seed": TUNING_SEED, "numerics": env.numerics,
             "settings": entries}
 
 

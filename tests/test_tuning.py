@@ -167,3 +167,14 @@ def test_the_command_refuses_an_unknown_attack_and_a_private_seed_range(tmp_path
     high = write(tmp_path, SUITE.replace("seed: [0, 1, 2]", "seed: [10000]"), "high.yaml")
     assert cli.main(["tune", str(high), "--out", str(tmp_path / "o")]) == 2
     assert "seeds must stay below 10000" in capsys.readouterr().err
+
+
+def test_an_lpips_objective_scores_trials_by_minus_lpips_and_a_folder_keeps_its_objective(tmp_path):
+    loaded = suite.load(str(write(tmp_path, SUITE.replace("defense: [none, {name: prune, fraction: 0.9}]",
+                                                          "defense: none"))))
+    record = tuning.tune(loaded, tmp_path / "out", runner.Environment(), trials=2, batches=2, quiet=True,
+                         score="lpips")
+    [entry] = record["settings"]
+    assert record["objective"] == "lpips" and -1 <= entry["default_value"] <= entry["tuned_value"] <= 0
+    with pytest.raises(Exception, match="--objective lpips"):
+        tuning.tune(loaded, tmp_path / "out", runner.Environment(), trials=2, batches=2, quiet=True, score="psnr")

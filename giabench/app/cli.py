@@ -158,6 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     tuner.add_argument("--seed", type=int, default=0, help="seed of the samplers (default: %(default)s)")
     tuner.add_argument("--attacks", default="", help="only these attacks, comma-separated (default: every attack "
                                                      "with a search space)")
+    tuner.add_argument("--objective", default="psnr", choices=list(tuning.OBJECTIVES),
+                       help="what a trial maximizes: mean PSNR (clipped at 40 dB), SSIM, or minus LPIPS (default: "
+                            "%(default)s)")
     tuner.add_argument("--stand-in", help="the public dataset a threat model without surrogate data tunes on "
                                           "(default: giabench.tuning.STAND_INS, e.g. cifar100-sample for CIFAR-10)")
 

@@ -21,7 +21,7 @@ from giabench.registry import attacks as attack_registry
 def run(suite_spec: str, out: str | None = None, trials: int = tuning.TRIALS, batches: int = tuning.BATCHES,
         seed: int = 0, attacks: str = "", stand_in: str | None = None, device: str = "cpu", threads: int = 1,
         workers: int = 1, executor: str = "local", address: str | None = None, data_root: str = "",
-        quiet: bool = False) -> int:
+        quiet: bool = False, objective: str = "psnr") -> int:
     loaded = suite.load(suite_spec)
     env = commands.environment(device, threads, workers, executor, address, data_root)
     folder = commands.out_dir(out, Path("runs") / f"{loaded.slug}-tune")
@@ -33,7 +33,7 @@ def run(suite_spec: str, out: str | None = None, trials: int = tuning.TRIALS, ba
         raise GiabenchError(f"--seed must be >= 0, got {seed}")
     try:
         record = tuning.tune(loaded, folder, env, trials, batches, seed, chosen, stand_in, workers, executor,
-                             address, quiet)
+                             address, quiet, objective)
     except KeyboardInterrupt:
         print(f"giabench: interrupted: the finished trials are kept in {folder}; rerun the same command to resume",
               file=sys.stderr)
