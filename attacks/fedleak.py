@@ -163,5 +163,5 @@ class FedLeak(Attack):
                 trace.append(float(loss.detach()))
             if progress:
                 progress(1)
-        with torch.no_grad():
-            return float(self.objective(net, y, simulate, obs))
+        # with autograd on: a client that trains inside its simulation (HideNseek's scores) differentiates there
+        return float(self.objective(net, y, simulate, obs).detach())

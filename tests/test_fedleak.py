@@ -39,3 +39,15 @@ def test_fedleak_rebuilds_a_digit_through_a_fully_connected_network():
         recon = FedLeak(iterations=150, width=16).reconstruct(view, client.simulate, torch.Generator().manual_seed(0))
         scores.append(metrics.psnr(float(((recon.images - x) ** 2).mean())))
     assert min(scores) > 20, scores  # 8 smoke seeds: 28.5 dB mean
+
+
+def test_fedleak_runs_against_a_client_that_trains_inside_its_simulation():
+    """HideNseek's simulation differentiates its local training: FedLeak's final objective must keep autograd on."""
+    images = data.load("mnist-sample")
+    model = models.build("mlp", {"width": 16}, images, "untrained", seed=0)
+    client = defenses.get("hidenseek")(protocols.build("fedsgd", {}, model))
+    x, y = images.images[:1], images.labels[:1]
+    view = ServerView(model, client.protocol, client.share(x, y, torch.Generator()), dict(client.public),
+                      images.shape, 10, 1, y, None, None)
+    recon = FedLeak(iterations=3, width=8).reconstruct(view, client.simulate, torch.Generator().manual_seed(0))
+    assert recon.images.shape == x.shape and torch.isfinite(torch.tensor(recon.extra["objective"]))
