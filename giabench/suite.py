@@ -80,8 +80,8 @@ class Cell:
 
     @property
     def setting(self) -> str:
-        """The id of the cell's setting: the cell without its seed (a tuning run tunes per setting)."""
-        return cell_id({k: v for k, v in self.config.items() if k != "seed"})
+        """The id of the cell's setting (``setting_id``)."""
+        return setting_id(self.config)
 
     @property
     def components(self) -> tuple[Component, ...]:
@@ -115,6 +115,11 @@ class Suite:
 def cell_id(config: dict) -> str:
     blob = json.dumps({"config": config, "version": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def setting_id(config: dict) -> str:
+    """The id of a cell's setting: its resolved config without the seed (a tuning run tunes per setting)."""
+    return cell_id({k: v for k, v in config.items() if k != "seed"})
 
 
 def packaged_suites() -> list[str]:

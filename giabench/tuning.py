@@ -186,6 +186,7 @@ def _tune(optuna, loaded: Suite, out: Path, env: runner.Environment, chosen: lis
     source = f"tune:{loaded.source}"
 
     def run(cells: list[Cell]) -> pd.DataFrame:
+        """Run ``cells``; every trial cell stored so far (this round's and all before), by id."""
         runner.run_suite(Suite(name, "tuning trials", cells, source), trial_store, env, workers,
                          show_progress=not quiet, executor=executor, address=address)
         return Store(trial_store).cells().set_index("cell")
@@ -216,7 +217,6 @@ def _tune(optuna, loaded: Suite, out: Path, env: runner.Environment, chosen: lis
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(trial, value)
-    rows = Store(trial_store).cells().set_index("cell") if chosen else pd.DataFrame(columns=["wall_s"])
     entries = [_record(s, scored[s.key], rows, defaults[s.key],
                        _study(optuna, storage, s.key, seed, trials) if s in active else None) for s in chosen]
     return {"format": tuned.FORMAT, "suite": loaded.name, "source": loaded.source, "trials": trials,

@@ -15,7 +15,7 @@ import json
 import pandas as pd
 
 from giabench.errors import GiabenchError
-from giabench.intervals import cluster_bootstrap
+from giabench.leaderboard.tables import cell_interval
 from giabench.registry import defenses
 
 ATTACK = ["attack", "attack_params", "dataset", "model", "model_params", "protocol", "protocol_params", "batch_size"]
@@ -95,7 +95,7 @@ def _worst(cells: pd.DataFrame, images: pd.DataFrame) -> dict:
     means = cells.groupby(ATTACK, sort=False)["psnr"].mean()
     top = means.idxmax()
     chosen = cells[(cells[ATTACK] == pd.Series(top, index=ATTACK)).all(axis=1)]
-    lo, hi = cluster_bootstrap([images.loc[images["cell"] == c, "psnr"].dropna().to_numpy() for c in chosen["cell"]])
+    lo, hi = cell_interval(chosen["cell"], images)
     return {"psnr": float(means.max()), "psnr_lo": lo, "psnr_hi": hi, "attack": top[0], "attack_params": top[1]}
 
 

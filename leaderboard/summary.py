@@ -41,12 +41,12 @@ def defense_summary(cells: pd.DataFrame, images: pd.DataFrame, utility: pd.DataF
     means = scored.groupby(DEFENSE + SETTING, dropna=False, sort=False).agg(
         psnr=("psnr", "mean"), seeds=("cell", "size"), bytes=("bytes", "first")).reset_index()
     worst = means.loc[means.groupby(DEFENSE, dropna=False, sort=False)["psnr"].idxmax()]
-    per_image = images.set_index("cell")["psnr"]
+    by_cell = images.set_index("cell")["psnr"]
     rows, parts = [], []
     for _, row in worst.iterrows():
         part = scored[(scored[DEFENSE + SETTING] == row[DEFENSE + SETTING]).all(axis=1)]
         parts.append(part)
-        shown = per_image[per_image.index.isin(part["cell"])]
+        shown = by_cell[by_cell.index.isin(part["cell"])]
         hits = int((shown > LEAK_DB).sum())
         defended = cells[(cells["defense"] == row["defense"]) & (cells["defense_params"] == row["defense_params"])
                          & (cells["status"] == "ok")]
@@ -72,7 +72,7 @@ def defense_summary(cells: pd.DataFrame, images: pd.DataFrame, utility: pd.DataF
 def versus(row: pd.Series, following: pd.Series, part: pd.DataFrame, other: pd.DataFrame,
            images: pd.DataFrame) -> str:
     """Whether a worst case leaks more than the next row's, paired on the images both ran on."""
-    a, b = _per_image(part, images), _per_image(other, images)
+    a, b = per_image(part, images), per_image(other, images)
     common = a.index.intersection(b.index)
     if len(common) >= 2:
         diff, lo, hi, p = paired(a[common].to_numpy(), b[common].to_numpy())
@@ -84,7 +84,7 @@ def versus(row: pd.Series, following: pd.Series, part: pd.DataFrame, other: pd.D
     return f"different images; intervals {'are disjoint' if disjoint else 'overlap'}"
 
 
-def _per_image(part: pd.DataFrame, images: pd.DataFrame) -> pd.Series:
+def per_image(part: pd.DataFrame, images: pd.DataFrame) -> pd.Series:
     """PSNR per private image, keyed by (dataset, selection, batch size, seed, slot)."""
     merged = images.merge(part[["cell", "seed", *SAME_IMAGES]], on="cell")
     return merged.groupby([*SAME_IMAGES, "seed", "image"])["psnr"].mean()

@@ -13,8 +13,10 @@ import json
 import numpy as np
 import pandas as pd
 
-from giabench.intervals import cluster_bootstrap, paired
-from giabench.suite import cell_id
+from giabench.intervals import paired
+from giabench.leaderboard.summary import per_image
+from giabench.leaderboard.tables import cell_interval, intervals
+from giabench.suite import setting_id
 
 COLUMNS = ["attack", "defense", "defense_params", "setting", "threat_model", "default_psnr", "default_lo", "default_hi",
            "tuned_psnr", "tuned_lo", "tuned_hi", "gain", "gain_lo", "gain_hi", "p", "images", "tuned_params", "trials",
@@ -24,7 +26,7 @@ FILE = "tuning.csv"
 
 def setting_of(config: str) -> str:
     """A stored cell's setting key (``Cell.setting``) from its config column."""
-    return cell_id({k: v for k, v in json.loads(config).items() if k != "seed"})
+    return setting_id(json.loads(config))
 
 
 def table(stored: pd.DataFrame, images: pd.DataFrame, record: dict) -> pd.DataFrame:
@@ -39,7 +41,7 @@ def table(stored: pd.DataFrame, images: pd.DataFrame, record: dict) -> pd.DataFr
         twin = scored[scored["setting"] == entry.get("tuned_key", entry["key"])]
         if default.empty or twin.empty:
             continue
-        a, b = _per_image(twin, images), _per_image(default, images)
+        a, b = per_image(twin, images), per_image(default, images)
         common = a.index.intersection(b.index)
         gain, lo, hi, p = paired(a[common].to_numpy(), b[common].to_numpy()) if len(common) >= 2 else \
             (float(a.mean() - b.mean()), np.nan, np.nan, np.nan)
@@ -61,31 +63,19 @@ def _short(value) -> str:
 
 
 def _mean(prefix: str, cells: pd.DataFrame, images: pd.DataFrame) -> dict:
-    per_image = images[images["cell"].isin(cells["cell"])]
-    lo, hi = cluster_bootstrap([per_image.loc[per_image["cell"] == c, "psnr"].dropna().to_numpy()
-                                for c in cells["cell"]])
+    lo, hi = cell_interval(cells["cell"], images)
     return {f"{prefix}_psnr": float(cells["psnr"].mean()), f"{prefix}_lo": lo, f"{prefix}_hi": hi}
-
-
-def _per_image(cells: pd.DataFrame, images: pd.DataFrame) -> pd.Series:
-    """PSNR per private image, keyed by (seed, slot): the default's and the twin's cells share their seeds."""
-    merged = images.merge(cells[["cell", "seed"]], on="cell")
-    return merged.groupby(["seed", "image"])["psnr"].mean()
 
 
 def terminal(frame: pd.DataFrame) -> str:
     """The table as plain text."""
-    def bounds(lo, hi) -> str:
-        return "" if pd.isna(lo) else f"[{lo:.2f}, {hi:.2f}]"
-
     view = pd.DataFrame({
         "setting": frame["setting"],
-        "default PSNR [95 %]": [f"{m:.2f} {bounds(lo, hi)}" for m, lo, hi in
-                                zip(frame["default_psnr"], frame["default_lo"], frame["default_hi"], strict=True)],
-        "tuned PSNR [95 %]": [f"{m:.2f} {bounds(lo, hi)}" for m, lo, hi in
-                              zip(frame["tuned_psnr"], frame["tuned_lo"], frame["tuned_hi"], strict=True)],
-        "gain [95 %]": [f"{g:+.2f} {bounds(lo, hi)}" for g, lo, hi in
-                        zip(frame["gain"], frame["gain_lo"], frame["gain_hi"], strict=True)],
+        "default PSNR [95 %]": [f"{m:.2f} {b}" for m, b in zip(frame["default_psnr"], intervals(frame, "default"),
+                                                                strict=True)],
+        "tuned PSNR [95 %]": [f"{m:.2f} {b}" for m, b in zip(frame["tuned_psnr"], intervals(frame, "tuned"),
+                                                              strict=True)],
+        "gain [95 %]": [f"{g:+.2f} {b}" for g, b in zip(frame["gain"], intervals(frame, "gain"), strict=True)],
         "p": frame["p"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
         "trials": frame["trials"], "minutes": frame["attack_minutes"].map("{:.1f}".format),
         "tuned": frame["tuned_params"]})

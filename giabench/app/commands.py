@@ -148,13 +148,14 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
     if frame.empty:
         raise GiabenchError(f"{run_dir}: no finished cells yet")
     store = Store(run_dir, create=False)
-    against = tuning_table.table(store.cells(), store.images(), record) if record is not None else None
-    front = frontiers.table(frame, store.images(), rows)
+    stored, images = store.cells(), store.images()
+    against = tuning_table.table(stored, images, record) if record is not None else None
+    front = frontiers.table(frame, images, rows)
     trade = tradeoff.table(frame, rows) if rows is not None else None
-    defended = summary.defense_summary(frame, Store(run_dir, create=False).images(), rows)
+    defended = summary.defense_summary(frame, images, rows)
     try:
         tables.write_csv(frame, run_dir / "leaderboard.csv")
-        per_round = rounds.table(Store(run_dir, create=False).cells())
+        per_round = rounds.table(stored)
         if len(per_round):
             tables.write_csv(per_round, run_dir / "rounds.csv")
         if against is not None:
@@ -176,7 +177,7 @@ def write_leaderboard(run_dir: Path, title: str, utility_csv: str | None = None)
         if len(defended) else ""
     if against is not None and len(against):
         answer += f"\n\ntuned against default attacks, on the private batches:\n{tuning_table.terminal(against)}"
-    return tables.terminal(tables.ranking(frame, Store(run_dir, create=False).images())) + answer + written
+    return tables.terminal(tables.ranking(frame, images)) + answer + written
 
 
 def leaderboard(run_dir: str, utility_csv: str | None = None) -> int:
