@@ -94,6 +94,8 @@ class HideNSeekFederation(Federation):
 class HideNSeek(Client):
     """SynFlow mask at ``density`` on the server, sign-supermask training on the client, upload scores or signs."""
 
+    modalities = ("image",)  # its model changes an image classifier's layers
+
     federation = HideNSeekFederation
 
     vmappable = False  # the simulated local round trains with torch.autograd inside

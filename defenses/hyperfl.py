@@ -114,6 +114,8 @@ class HyperFL(Client):
     """The client's feature extractor comes from a shared hypernetwork and a private embedding; only the
     hypernetwork's update is uploaded."""
 
+    modalities = ("image",)  # its hypernetwork generates an image classifier's feature extractor
+
     federation = HyperFLFederation
 
     vmappable = False  # the simulated local round trains with torch.autograd inside

@@ -50,6 +50,8 @@ class Soteria(Client):
     """Prunes the ``fraction`` of the last linear layer's input units whose representation reveals the most (lowest
     ||dr/dx|| / r scores are pruned, as in the reference code): those columns of its weight gradient are zeroed."""
 
+    modalities = ("image",)  # its scores differentiate the representation with respect to the input pixels
+
     strength = Axis.of("fraction", 0.2, 0.5, 0.8, 0.95)
     parameters = {"fraction": Param("the share of the defended layer's input units pruned (their weight-gradient "
                                     "columns zeroed)", at_least=0, below=1)}

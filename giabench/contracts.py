@@ -91,6 +91,7 @@ class Attack:
     assumes = ""  # one line for `giabench list attacks`
     budget_unit = "iterations"
     closed_form: bool | None = None  # the gate judges a closed-form result exactly; None: by family (analytic, label)
+    modalities: tuple[str, ...] = ("image",)  # the data it reconstructs: image, text
     parameters: dict[str, Param] = {}
 
     @classmethod
@@ -180,6 +181,7 @@ class Client:
 
     parameters: dict[str, Param] = {}
     strength: Axis | None = None  # None: no strength to sweep (the undefended client, a defense without a knob)
+    modalities: tuple[str, ...] = ("image", "text")  # the data it defends (a transform of any update serves both)
 
     def __init__(self, protocol: Protocol):
         self.protocol = protocol

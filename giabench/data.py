@@ -44,7 +44,9 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 @dataclass
 class ImageSet:
-    """A labelled image set held in memory."""
+    """A labelled image set held in memory (``giabench.text.TextSet``: token sequences held the same way)."""
+
+    modality = "image"
 
     name: str
     images: torch.Tensor  # N x C x H x W, float32 in [0, 1]

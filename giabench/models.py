@@ -81,6 +81,17 @@ class Classifier(nn.Module):
         return f"{names[-1]}.weight"
 
 
+class TextClassifier(Classifier):
+    """``net(x)``: a text model embeds token ids (or takes word embeddings) itself; nothing to normalize."""
+
+    def __init__(self, net: nn.Module):
+        nn.Module.__init__(self)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 @model("lenet")
 class LeNet(nn.Module):
     """The DLG paper's LeNet (Zhu et al., NeurIPS 2019): three 5x5 convolutions (12 channels), sigmoid, one FC. Init
@@ -364,12 +375,12 @@ def check_state(state, where: str) -> None:
 
 
 def build(name: str, params: dict, data, state: str, seed: int) -> Classifier:
-    """Build architecture ``name`` for ``data`` (an ImageSet) in the given state; the same arguments give the
-    same weights."""
+    """Build architecture ``name`` for ``data`` (an ImageSet or a TextSet) in the given state; the same arguments
+    give the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = models.get(name)(data.shape, data.num_classes, **params)
-    clf = Classifier(net, data.mean, data.std)
+    clf = Classifier(net, data.mean, data.std) if data.modality == "image" else TextClassifier(net)
     clf.input_shape = tuple(data.shape)
     check_state(state, f"model {name}")
     if state.startswith("trained:"):

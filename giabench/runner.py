@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from giabench import __version__, components, data, executors, metrics, numerics, threats
+from giabench import __version__, components, data, executors, metrics, numerics, text_metrics, threats
 from giabench.components import Component, build_model
 from giabench.contracts import Reconstruction, ServerView
 from giabench.errors import ConfigError, GiabenchError, NotApplicable, first_line
@@ -93,6 +93,12 @@ def validate(cells: list[Cell], env: Environment) -> None:
             imageset, batches = client_data(cell, env)
         except ConfigError as exc:
             raise ConfigError(f"{cell.at('dataset', exc.field)}: {exc}") from None
+        for kind in ("model", "attack", "defense"):
+            component = getattr(cell, kind)
+            served = getattr(component.factory, "modalities", ("image",))
+            if imageset.modality not in served:
+                raise ConfigError(f"{cell.at(kind)}: {kind} {component.name} works on {' and '.join(served)} data; "
+                                  f"dataset {cell.dataset.name} holds {imageset.modality}")
         try:
             data.sample_index(batches, cell.batch_size, cell.seed, cell.selection)
         except ConfigError as exc:
@@ -141,6 +147,7 @@ def _run_cell(cell: Cell, env: Environment, progress: Reporter | None) -> Result
     index = data.sample_index(batches, cell.batch_size, seed, cell.selection)
     x, y = batches.images[index].to(device), batches.labels[index].to(device)
     model = build_model(cell.model, imageset, seed).to(device)
+    texts = getattr(imageset, "texts", None)
     others = surrogate(batches, index) if threats.grants(cell.threat_model, "surrogate-data") else None
     attacker = cell.attack.build()
     if progress:
@@ -154,7 +161,8 @@ def _run_cell(cell: Cell, env: Environment, progress: Reporter | None) -> Result
     client = cell.defense.build(protocol)
     message = client.share(x, y, _seeded(seed, 1))
     if refused is not None:
-        return result_row(cell, env, Outcome.not_applicable(str(refused), client.cost(), refused.details), (x, y))
+        return result_row(cell, env, Outcome.not_applicable(str(refused), client.cost(), refused.details), (x, y),
+                          texts)
     statistics = None
     if threats.grants(cell.threat_model, "bn-statistics"):
         with torch.no_grad():
@@ -163,7 +171,7 @@ def _run_cell(cell: Cell, env: Environment, progress: Reporter | None) -> Result
     view = ServerView(model, protocol, message, dict(client.public), imageset.shape, imageset.num_classes,
                       x.shape[0], labels, others, statistics)
     outcome = attack_view(attacker, view, client, _seeded(seed, 2), progress.advance if progress else None)
-    return result_row(cell, env, outcome, (x, y))
+    return result_row(cell, env, outcome, (x, y), texts)
 
 
 def attack_view(attacker, view: ServerView, client, generator: torch.Generator, progress=None) -> Outcome:
@@ -181,11 +189,18 @@ def attack_view(attacker, view: ServerView, client, generator: torch.Generator, 
 
 
 def result_row(cell: Cell, env: Environment, outcome: Outcome,
-               batch: tuple[torch.Tensor, torch.Tensor] | None) -> Result:
+               batch: tuple[torch.Tensor, torch.Tensor] | None, texts=None) -> Result:
     """A finished cell's row, per-image rows and image grid, scored against the private ``batch``. Without it (a
-    server that does not know it) the reconstructions are kept unscored: NaN metrics, the grid's top row blank."""
+    server that does not know it) the reconstructions are kept unscored: NaN metrics, the grid's top row blank.
+    ``texts``: for token sequences, the dataset's decoder; they are scored as text (``giabench.text_metrics``), one
+    row per sequence with both texts, and make no grid."""
     recon = outcome.reconstruction
-    if batch is None:
+    if batch is not None and texts is not None:
+        x, y = batch
+        summary, image_rows, _ = text_metrics.score(recon.images if recon else None, recon.labels if recon else None,
+                                                    x, y, texts)
+        grid, distinct = None, len(set(y.tolist()))
+    elif batch is None:
         summary = {k: math.nan for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc")}
         summary.update(exact=None, lpips_source="unscored")
         image_rows, shown = [], recon.images.cpu() if recon and recon.images is not None else None
@@ -204,6 +219,7 @@ def result_row(cell: Cell, env: Environment, outcome: Outcome,
     row = {
         **identity(cell, env), "distinct_labels": distinct,
         **{k: summary[k] for k in ("psnr", "ssim", "lpips", "mse", "label_acc", "label_set_acc", "exact")},
+        **{k: summary.get(k, math.nan) for k in text_metrics.TEXT_METRICS},
         "lpips_source": summary["lpips_source"], "iterations": recon.iterations if recon else 0,
         "wall_s": outcome.wall_s, "status": outcome.status, "note": outcome.note, "extra": outcome.extra,
         "trace": [float(v) for v in recon.trace] if recon else [],

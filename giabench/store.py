@@ -28,13 +28,17 @@ CELL_COLUMNS = {
     "protocol_params": "TEXT", "selection": "TEXT", "threat_model": "TEXT", "lpips_source": "TEXT", "device": "TEXT",
     "versions": "TEXT", "config": "TEXT", "image": "TEXT", "finished_at": "TEXT", "status": "TEXT", "note": "TEXT",
     "extra": "TEXT", "hardware": "TEXT", "threads": "INTEGER", "dtype": "TEXT", "adjacency": "TEXT", "trace": "TEXT",
+    "rouge1": "REAL", "rouge2": "REAL", "token_acc": "REAL",
 }
 # added after the first release; older run folders gain them empty
-ADDED_COLUMNS = ("status", "note", "extra", "hardware", "threads", "dtype", "adjacency", "trace")
+ADDED_COLUMNS = ("status", "note", "extra", "hardware", "threads", "dtype", "adjacency", "trace", "rouge1", "rouge2",
+                 "token_acc")
 IMAGE_COLUMNS = {
     "cell": "TEXT", "image": "INTEGER", "matched": "INTEGER", "label": "INTEGER", "label_pred": "INTEGER",
     "mse": "REAL", "psnr": "REAL", "ssim": "REAL", "lpips": "REAL",
+    "rouge1": "REAL", "rouge2": "REAL", "token_acc": "REAL", "text": "TEXT", "text_pred": "TEXT",
 }
+ADDED_IMAGE_COLUMNS = ("rouge1", "rouge2", "token_acc", "text", "text_pred")  # the text modality's
 
 
 class Store:
@@ -67,6 +71,9 @@ class Store:
                 for column in set(ADDED_COLUMNS) - present:
                     db.execute(f"ALTER TABLE cells ADD COLUMN {column} {CELL_COLUMNS[column]}")
                 present |= set(ADDED_COLUMNS)
+            present_images = {row[1] for row in db.execute("PRAGMA table_info(images)")}
+            for column in (c for c in ADDED_IMAGE_COLUMNS if c not in present_images):
+                db.execute(f"ALTER TABLE images ADD COLUMN {column} {IMAGE_COLUMNS[column]}")
             if not set(CELL_COLUMNS) <= present:
                 raise GiabenchError(f"{self.path}: not a giabench results database (columns differ)")
 
@@ -103,7 +110,8 @@ class Store:
                            list(row.values()))
                 for image in images:
                     values = [_clean(image.get(k)) if k != "cell" else row["cell"] for k in IMAGE_COLUMNS]
-                    db.execute(f"INSERT INTO images VALUES ({', '.join('?' * len(values))})", values)
+                    db.execute(f"INSERT INTO images ({', '.join(IMAGE_COLUMNS)}) "
+                               f"VALUES ({', '.join('?' * len(values))})", values)
         except sqlite3.Error as exc:
             raise GiabenchError(f"{self.path}: cannot store cell {row['cell']} ({exc}); the cells stored before it "
                                 "are intact: free space or fix the folder, then rerun to resume") from None

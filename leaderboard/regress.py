@@ -17,10 +17,10 @@ adjacency, bytes). The baseline is such a summary, written by ``giabench regress
   optimized (known, or inferred in closed form).
 
 The gate fails on: an attack that leaks less than its baseline beyond tolerance (PSNR, SSIM, exact count or label
-accuracy lower, LPIPS higher); a *privacy regression*, a defended setting that leaks more beyond tolerance; an exact
-setting that moves; epsilon, delta, adjacency or bytes that differ; a setting whose count of cells or of
-not-applicable cells differs, one missing from the run, or one the baseline lacks. An undefended aggregate setting
-that leaks more is reported as a note (update the baseline to bank it).
+accuracy lower, LPIPS higher; for text, ROUGE-1, ROUGE-2 or token accuracy lower); a *privacy regression*, a defended
+setting that leaks more beyond tolerance; an exact setting that moves; epsilon, delta, adjacency or bytes that differ;
+a setting whose count of cells or of not-applicable cells differs, one missing from the run, or one the baseline
+lacks. An undefended aggregate setting that leaks more is reported as a note (update the baseline to bank it).
 
 How ``K`` and the floors were derived (``benchmarks/gate_spread.py`` reruns the measurement): the smoke suite ran
 under the reference numerics (1 thread, AVX-512 kernels) and under 2 threads, AVX2 kernels (torch, MKL and oneDNN
@@ -42,13 +42,18 @@ from giabench.registry import attacks
 
 SETTING = ["attack", "attack_params", "defense", "defense_params", "dataset", "model", "model_params", "protocol",
            "protocol_params", "batch_size", "selection", "threat_model"]
-LEAKS_MORE_WHEN_HIGHER = {"psnr": True, "ssim": True, "lpips": False, "exact": True, "label_acc": True}
+LEAKS_MORE_WHEN_HIGHER = {"psnr": True, "ssim": True, "lpips": False, "exact": True, "label_acc": True,
+                          "rouge1": True, "rouge2": True, "token_acc": True}
+#: metrics a baseline written before the text modality lacks: read as NaN (no cell of such a baseline has them)
+TEXT_METRICS = ("rouge1", "rouge2", "token_acc")
 COSTS = ("epsilon", "delta", "adjacency", "bytes")
 EXACT_FAMILIES = ("analytic", "label")
 MIN_SEEDS = 3
 K = 2.0
-FLOOR = {"psnr": 1.0, "ssim": 0.03, "lpips": 0.03, "exact": 0.5, "label_acc": 0.25}
-EXACT_TOLERANCE = {"psnr": 0.01, "ssim": 1e-3, "lpips": 1e-3, "exact": 0.0, "label_acc": 0.0}
+FLOOR = {"psnr": 1.0, "ssim": 0.03, "lpips": 0.03, "exact": 0.5, "label_acc": 0.25, "rouge1": 5.0, "rouge2": 5.0,
+         "token_acc": 0.05}
+EXACT_TOLERANCE = {"psnr": 0.01, "ssim": 1e-3, "lpips": 1e-3, "exact": 0.0, "label_acc": 0.0, "rouge1": 0.01,
+                   "rouge2": 0.01, "token_acc": 1e-4}
 EPSILON_RTOL = 1e-6
 
 
@@ -114,6 +119,9 @@ def read_baseline(path: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={k: str for k in SETTING})
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise GiabenchError(f"baseline {path}: not a CSV file ({type(exc).__name__})") from exc
+    for metric in TEXT_METRICS:
+        if f"{metric}_mean" not in frame.columns:
+            frame = frame.assign(**{f"{metric}_{s}": math.nan for s in ("mean", "std", "tol")}, **{f"{metric}_n": 0})
     needed = SETTING + ["judge", "cells", "not_applicable", *COSTS] + [
         f"{m}_{s}" for m in LEAKS_MORE_WHEN_HIGHER for s in ("mean", "std", "n", "tol")]
     missing = [c for c in needed if c not in frame.columns]

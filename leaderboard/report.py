@@ -29,7 +29,7 @@ from markupsafe import Markup
 from giabench.contracts import is_private
 from giabench.errors import GiabenchError
 from giabench.intervals import cluster_bootstrap
-from giabench.leaderboard import dp_audit, frontiers, gallery, plots, rounds, summary, tables
+from giabench.leaderboard import dp_audit, frontiers, gallery, plots, rounds, summary, tables, text
 from giabench.registry import registry
 from giabench.store import Store
 
@@ -47,7 +47,9 @@ COLUMN_NAMES = {"iterations": "budget", "batch_size": "B", "label_acc": "label a
                 "gain_interval": "gain 95 %", "p_value": "Wilcoxon p", "tuned_params": "tuned parameters",
                 "attack_minutes": "tuning minutes", "data": "tuned on", "point": "point on the strength axis",
                 "attacks": "attack settings compared", "tuned": "training chosen on validation",
-                "frontier": "other parameters"}
+                "frontier": "other parameters", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
+                "rouge1_interval": "ROUGE-1 95 %", "token_acc": "token acc", "wall_s": "seconds per cell",
+                "sequences": "sequences"}
 SUMMARY_COLUMNS = [("defense", "defenses"), ("attack", "attacks"), ("dataset", "text"), ("model", "text"),
                    ("batch_size", "int"), ("psnr", "2"), ("psnr_interval", "text"), ("above", "2"),
                    ("above_interval", "text"), ("images", "int"), ("versus_next", "text"), ("epsilon", "2"),
@@ -287,6 +289,26 @@ def _tuned_table(tuned: pd.DataFrame | None) -> dict | None:
                           ("data", "text"), ("status", "text")])
 
 
+def _text_section(frame: pd.DataFrame, images: pd.DataFrame) -> dict | None:
+    """The text settings' table and reconstructed sentences (``giabench.leaderboard.text``); None without any."""
+    settings = text.table(frame, images)
+    if settings.empty:
+        return None
+    shown = settings.assign(rouge1_interval=tables.intervals(settings, "rouge1", 1))
+    examples = [{"title": f"{label('attacks', e['setting']['attack'], e['setting']['attack_params'])} vs "
+                          f"{label('defenses', e['setting']['defense'], e['setting']['defense_params'])} on "
+                          f"{label('models', e['setting']['model'], e['setting']['model_params'])}, "
+                          f"B = {int(e['setting']['batch_size'])}, seed {e['seed']}", "pairs": e["pairs"]}
+                for e in text.examples(frame, images, settings)]
+    return {"table": _table(shown, [("attack", "attacks"), ("defense", "defenses"), ("dataset", "text"),
+                                    ("model", "models"), ("protocol", "protocols"), ("batch_size", "int"),
+                                    ("rouge1", "1"), ("rouge1_interval", "text"), ("rouge2", "1"),
+                                    ("token_acc", "3"), ("exact", "2"), ("wall_s", "2"), ("epsilon", "2"),
+                                    ("adjacency", "text"), ("bytes", "int"), ("cells", "int"),
+                                    ("sequences", "int")]),
+            "examples": examples}
+
+
 def _privacy_table(run_dir: Path) -> dict | None:
     """The run's privacy audit (``privacy_audit.csv``), one row per DP defense setting; None without one."""
     audited = dp_audit.read_summary(run_dir)
@@ -382,5 +404,6 @@ def write(frame: pd.DataFrame, run_dir: str | Path, path: str | Path, title: str
         rounds=_table(per_round, ROUND_COLUMNS) if len(per_round) else None,
         unscored=int((per_round["lpips_source"] == "unscored").sum()),
         privacy=_privacy_table(run_dir), tuned=_tuned_table(tuned), frontier=_frontier_table(frontier),
-        details=_details(frame, run_dir, stored), colour=leakage_colour, number=number)
+        text=_text_section(frame, images), details=_details(frame, run_dir, stored), colour=leakage_colour,
+        number=number)
     Path(path).write_text(page, encoding="utf-8")

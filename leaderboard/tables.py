@@ -17,10 +17,10 @@ CSV_COLUMNS = ["attack", "defense", "dataset", "model", "protocol", "batch_size"
                "label_acc", "iterations", "wall_s", "epsilon", "bytes", "cell", "attack_params", "defense_params",
                "model_params", "protocol_params", "selection", "threat_model", "label_set_acc", "distinct_labels",
                "exact", "delta", "adjacency", "mse", "lpips_source", "device", "threads", "dtype", "hardware", "image",
-               "status", "note"]
+               "status", "note", "rouge1", "rouge2", "token_acc"]
 SETTING = ["attack", "attack_params", "defense", "defense_params", "dataset", "model", "model_params", "protocol",
            "protocol_params", "batch_size", "threat_model"]
-METRICS = ["psnr", "ssim", "lpips", "label_acc", "label_set_acc"]
+METRICS = ["psnr", "ssim", "lpips", "label_acc", "label_set_acc", "rouge1", "rouge2", "token_acc"]
 
 
 def cells(run_dir: str | Path) -> pd.DataFrame:
@@ -90,6 +90,8 @@ def terminal(table: pd.DataFrame) -> str:
         "SSIM": table["ssim"].map("{:.3f}".format),
         "LPIPS": table["lpips"].map("{:.3f}".format), "budget": table["iterations"].map("{:.0f}".format),
         "label": table["label_acc"].map("{:.2f}".format),
+        **({"ROUGE-1": table["rouge1"].map(lambda r: "" if pd.isna(r) else f"{r:.1f}")}
+           if table["rouge1"].notna().any() else {}),
         "exact": table["exact"].map(lambda e: "" if pd.isna(e) else f"{e:.1f}"),
         "eps": table["epsilon"].map(lambda e: "inf" if e is None or math.isnan(e) or math.isinf(e) else f"{e:.2f}"),
         "delta": table["delta"].map(lambda d: f"{d:g}" if d else ""),

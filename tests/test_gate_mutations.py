@@ -12,8 +12,10 @@ from giabench import runner, suite
 from giabench.attacks import fedavg_invert, fedleak, fishing, gradinversion
 from giabench.attacks.analytic import RobbingTheFed
 from giabench.attacks.cpa import CocktailParty
+from giabench.attacks.dager import Dager
 from giabench.attacks.optimization import InvertingGradients
 from giabench.attacks.spear import Spear
+from giabench.attacks.text_optimization import TAG
 from giabench.defenses import dp_sgd, quantization
 from giabench.defenses.dgc import DeepGradientCompression
 from giabench.leaderboard import regress, tables
@@ -123,6 +125,27 @@ def test_gate_fails_when_class_fishing_keeps_the_other_classes_rows(tmp_path, mo
     monkeypatch.setattr(fishing, "class_head", leaky)
     failures, _ = _gate(tmp_path, lambda c: c["attack"]["name"] == "fishing" and c["attack"].get("mode") == "class")
     assert any(line.startswith("weaker: fishing") and "psnr" in line for line in failures), failures
+
+
+def test_gate_fails_when_dager_drops_its_second_layer_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(Dager, "_layer2", lambda self, net, sequences, basis: torch.zeros(sequences.shape,
+                                                                                        dtype=torch.float64))
+    failures, _ = _gate(tmp_path, lambda c: c["attack"]["name"] == "dager" and c["defense"]["name"] == "none"
+                        and c["model"]["name"] == "gpt2")
+    assert any(line.startswith("weaker: dager") and "rouge1" in line for line in failures), failures
+
+
+def test_gate_fails_when_tag_steps_a_hundred_times_shorter(tmp_path, monkeypatch):
+    original = TAG.__init__
+
+    @functools.wraps(original)
+    def slower(self, **params):
+        original(self, **params)
+        self.lr *= 0.01
+
+    monkeypatch.setattr(TAG, "__init__", slower)
+    failures, _ = _gate(tmp_path, _undefended("tag"))
+    assert any(line.startswith("weaker: tag") and "rouge1" in line for line in failures), failures
 
 
 def test_gate_fails_naming_dp_sgd_when_its_noise_is_dropped(tmp_path, monkeypatch):

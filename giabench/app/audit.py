@@ -33,13 +33,15 @@ LEVELS = dict(zip(AUDIT_LEVELS, ({"seeds": [0], "rounds": 3}, {"seeds": [0, 1], 
                                  {"seeds": [0, 1, 2, 3], "rounds": 100}), strict=True))
 
 
-def battery(net: nn.Module, shape: tuple[int, ...], protocol: dict, batch_sizes: list[int], level: str
-            ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Every registered attack that applies to ``net`` as a suite grid entry (attack with its audit parameters, the
-    batch sizes it applies at), and those that do not, each with the reason."""
+def battery(net: nn.Module, shape: tuple[int, ...], protocol: dict, batch_sizes: list[int], level: str,
+            modality: str = "image") -> tuple[list[dict], list[tuple[str, str]]]:
+    """Every registered attack on ``modality`` data that applies to ``net`` as a suite grid entry (attack with its
+    audit parameters, the batch sizes it applies at), and those that do not, each with the reason."""
     entries, skipped = [], []
     for name in attacks.names():
         kind = attacks.get(name)
+        if modality not in kind.modalities:
+            continue
         try:
             params = kind.for_audit(level, tuple(shape))
         except NotApplicable as exc:

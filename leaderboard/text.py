@@ -1,0 +1,58 @@
+"""The text settings of a run: ROUGE and token accuracy per setting, reconstructed sentences beside the private ones.
+
+A text cell (``giabench.text_metrics``) has one image row per private sequence with its text, the text matched to it
+and that pair's ROUGE-1, ROUGE-2 and token accuracy. Per setting, the mean ROUGE-1 over its sequences gets the 95 %
+percentile interval of a bootstrap that resamples whole cells (``giabench.intervals.cluster_bootstrap``).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from giabench.intervals import cluster_bootstrap
+from giabench.leaderboard.tables import SETTING
+
+TEXT_METRICS = ["rouge1", "rouge2", "token_acc"]
+EXAMPLES = 3  # sentence pairs shown per setting
+
+
+def text_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cells scored as text (a ROUGE-1 figure, or a status other than ok on a text set)."""
+    return frame[pd.to_numeric(frame["rouge1"], errors="coerce").notna()] if "rouge1" in frame else frame.iloc[:0]
+
+
+def table(frame: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+    """Per text setting: mean ROUGE-1 (with its 95 % interval), ROUGE-2, token accuracy, exact sequences per cell,
+    seconds per cell, the cost, and how many cells and sequences; highest ROUGE-1 first."""
+    cells = text_cells(frame)
+    if cells.empty:
+        return pd.DataFrame()
+    grouped = cells.groupby(SETTING, dropna=False, sort=False)
+    out = grouped[[*TEXT_METRICS, "exact", "wall_s", "epsilon", "bytes"]].mean()
+    per_cell = images.dropna(subset=["rouge1"]).groupby("cell")["rouge1"].apply(lambda s: s.to_numpy()) \
+        if len(images) and "rouge1" in images else pd.Series(dtype=object)
+    bounds = grouped["cell"].apply(lambda ids: cluster_bootstrap([per_cell[c] for c in ids if c in per_cell.index]))
+    out["rouge1_lo"], out["rouge1_hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    out["adjacency"] = grouped["adjacency"].first()
+    out["cells"] = grouped.size()
+    out["sequences"] = grouped["batch_size"].sum()
+    return out.reset_index().sort_values("rouge1", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def examples(frame: pd.DataFrame, images: pd.DataFrame, settings: pd.DataFrame) -> list[dict]:
+    """For each row of ``settings``: the first ``EXAMPLES`` private sentences of its first cell (lowest seed) with
+    the reconstructions matched to them."""
+    cells = text_cells(frame)
+    shown = []
+    for _, setting in settings.iterrows():
+        mine = cells
+        for key in SETTING:
+            mine = mine[mine[key].astype(str) == str(setting[key])]
+        if mine.empty or "text" not in images:
+            continue
+        first = mine.sort_values("seed").iloc[0]
+        rows = images[images["cell"] == first["cell"]].sort_values("image").head(EXAMPLES)
+        pairs = [{"truth": r["text"], "guess": r["text_pred"] if isinstance(r["text_pred"], str) else "",
+                  "rouge1": r["rouge1"]} for _, r in rows.iterrows()]
+        shown.append({"setting": setting, "seed": int(first["seed"]), "pairs": pairs})
+    return shown
