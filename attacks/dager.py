@@ -16,6 +16,10 @@ the numerical rank, capped at d - Delta_b), a candidate input z is in the batch 
 - Encoder (Alg. 3): block 2's input depends on the whole sequence, so full sequences from T*_0 x ... x T*_{n-1} (each
   cut to the B closest tokens, every combination while there are at most ``max_candidates``, else that many drawn at
   random) are scored by their mean d(., 2) over positions, and the B best distinct ones kept.
+LoRA (App. B.4): with adapters only trained and shared, G_l stacks the gradients of the query and value adapters'
+down-projections A (r x d), dL/dA = (B^T dL/dY)^T Z_l, whose row space is the inputs' span while b < r. FedAvg
+(App. B.3): the update w_0 - w_K sums the local steps' gradients, so block 1's stays in the span exactly and block 2's
+approximately; the paper runs both variants with looser thresholds (FedAvg 5e-3, LoRA 5e-2).
 Best effort, as in the paper: where no candidate passes a threshold the closest ones go on, so the attack always
 returns B sequences; ``exact_sequences`` counts those that passed every check. The sequence length is the data's (our
 text sets have fixed-length sequences); no labels are needed.
@@ -98,7 +102,8 @@ class Dager(Attack):
             stacked = torch.cat([view.message[name] for name in names])
             bases.append(row_space(stacked, self.rank_tol, width - self.rank_cap))
         if not len(bases[0]) or not len(bases[1]):
-            raise NotApplicable("the query gradients are zero: nothing to span")
+            raise NotApplicable("the attention gradients are zero, nothing spans the inputs (a LoRA adapter whose "
+                                "up-projection is still 0 gives its down-projection no gradient)")
         length = view.shape[0]
         with torch.no_grad():
             tokens = [self._layer1(net, i, bases[0], view.batch_size) for i in range(length)]

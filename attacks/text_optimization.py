@@ -65,6 +65,10 @@ class TAG(Attack):
     }
 
     @classmethod
+    def for_audit(cls, level, shape):
+        return {"iterations": {"quick": 100, "standard": 500, "thorough": 2500}[level]}
+
+    @classmethod
     def search_space(cls, shape):
         return {"lr": Range(0.003, 0.3, log=True), "alpha": Range(1e-4, 1.0, log=True)}
 
@@ -170,6 +174,11 @@ class LAMP(Attack):
         if params["distance"] not in ("cos", "tag"):
             raise ConfigError(f"attack lamp: distance must be cos or tag, got {params['distance']!r}",
                               field="distance")
+
+    @classmethod
+    def for_audit(cls, level, shape):
+        budgets = {"quick": (100, 20, 20), "standard": (500, 100, 50), "thorough": (2000, 500, 200)}[level]
+        return dict(zip(("iterations", "init_candidates", "candidates"), budgets, strict=True))
 
     @classmethod
     def search_space(cls, shape):

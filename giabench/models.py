@@ -294,8 +294,10 @@ class MLP(nn.Module):
 def user_factory(shape, num_classes, *, factory: str, weights: str = "") -> nn.Module:
     """A practitioner's own network (``giabench audit``): ``factory`` names an importable callable, MODULE:FUNCTION
     (a dotted module name on the Python path, or a path to a .py file), called without arguments, that returns an
-    ``nn.Module`` taking images normalized by the dataset's mean and std and returning one logit per class;
-    ``weights`` an optional state dict of tensors (``weights_only=True``)."""
+    ``nn.Module`` taking images normalized by the dataset's mean and std (for text: token ids, B x n, or word
+    embeddings, B x n x d) and returning one logit per class; ``weights`` an optional state dict of tensors
+    (``weights_only=True``). The text attacks read a transformer through ``giabench.text_models.TextTransformer``'s
+    methods (a subclass, or a model built from its blocks, audits with all of them)."""
     where = f"model factory {factory}"
     module_name, sep, function = factory.rpartition(":")
     if not sep or not module_name or not function:
@@ -318,8 +320,11 @@ def user_factory(shape, num_classes, *, factory: str, weights: str = "") -> nn.M
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1].strip()
             raise ConfigError(f"weights {weights}: do not fit the model ({first})") from None
-    check_model(net, tuple(shape), num_classes, where)
+    check_model(net, tuple(shape), num_classes, where, "text" if len(shape) == 2 else "image")
     return net
+
+
+user_factory.modalities = ("image", "text")
 
 
 def _user_module(name: str, where: str):
@@ -345,11 +350,14 @@ def _user_module(name: str, where: str):
         raise ConfigError(f"{where}: importing {name!r} raised {type(exc).__name__}: {first_line(exc)}") from None
 
 
-def check_model(net: nn.Module, shape: tuple[int, ...], num_classes: int, where: str) -> None:
-    """A forward pass on two images of ``shape`` must give finite (2, num_classes) logits."""
+def check_model(net: nn.Module, shape: tuple[int, ...], num_classes: int, where: str,
+                modality: str = "image") -> None:
+    """A forward pass on two images of ``shape`` (two sequences of ``shape[0]`` token ids, for text) must give finite
+    (2, num_classes) logits."""
+    probe = torch.zeros(2, *shape) if modality == "image" else torch.zeros(2, shape[0], dtype=torch.long)
     try:
         with torch.no_grad():
-            out = net.eval()(torch.zeros(2, *shape))
+            out = net.eval()(probe)
     except Exception as exc:  # noqa: BLE001 -- any failure of the user's forward pass is reported in one line
         raise ConfigError(f"{where}: the forward pass on {tuple(shape)} images fails ({type(exc).__name__}: "
                           f"{first_line(exc)})") from None
@@ -415,10 +423,12 @@ def load_checkpoint(clf: Classifier, path: str) -> None:
 
 
 def _trained(clf: Classifier, name: str, params: dict, data, steps: int, seed: int) -> Classifier:
-    """``steps`` of SGD (lr 0.01, momentum 0.9, batch 32, seeded) on ``data``; cached by a hash of the recipe, which
-    includes the thread count and kernel path the weights were computed with (``giabench.numerics``)."""
+    """``steps`` of SGD (lr 0.01, momentum 0.9, batch 32, seeded) on ``data`` (a text set: on its corpus's training
+    split, ``TextSet.training``); cached by a hash of the recipe, which includes the thread count and kernel path the
+    weights were computed with (``giabench.numerics``)."""
     from giabench import __version__, numerics
 
+    data = data.training() if hasattr(data, "training") else data
     recipe = {"arch": name, "params": params, "data": data.name, "n": len(data), "steps": steps, "seed": seed,
               "version": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "hardware": numerics.hardware("cpu")}

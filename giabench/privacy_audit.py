@@ -109,10 +109,10 @@ def releases_of(make_client: Callable[[], Client], batch, seed: int, noiseless: 
     return observed, counted, client
 
 
-def _variance_check(release: int, what: str, samples: np.ndarray, expected_std: float) -> Check:
-    """s^2 = mean(samples^2) (mean 0 known) against expected_std^2, by the chi-square interval of the ratio."""
-    nu = samples.size
-    ratio = float(np.mean(samples ** 2)) / expected_std ** 2
+def _variance_check(release: int, what: str, nu: int, mean_square: float, expected_std: float) -> Check:
+    """s^2 = mean of the nu squared samples (mean 0 known) against expected_std^2, by the chi-square interval of the
+    ratio."""
+    ratio = mean_square / expected_std ** 2
     low = nu * ratio / stats.chi2.ppf(1 - ALPHA / 2, nu)
     high = nu * ratio / stats.chi2.ppf(ALPHA / 2, nu)
     return Check(release, what, expected_std, math.sqrt(ratio) * expected_std, math.sqrt(low) * expected_std,
@@ -230,18 +230,23 @@ def _moved(small: list[Observed], large: list[Observed], i: int) -> float:
 
 def _calibration(make_client, batch, counted, reference: list[Observed], directions, draws: int,
                  seed: int) -> list[Check]:
-    """The variance checks of every release's noise over ``draws`` messages on ``batch``."""
-    noise = [[] for _ in counted]
+    """The variance checks of every release's noise over ``draws`` messages on ``batch``, accumulated draw by draw
+    (a sum of squares per release and one projection per direction), so memory stays one message's size."""
+    squares, entries = [0.0] * len(counted), [0] * len(counted)
+    projections = [[[] for _ in directions[i]] for i in range(len(counted))]
     for j in range(draws):
         for i, release in enumerate(releases_of(make_client, batch, seed + 1000 + j)[0]):
-            noise[i].append(_flat(release.released) - _flat(release.value))
+            noise = _flat(release.released) - _flat(release.value)
+            squares[i] += float((noise ** 2).sum())
+            entries[i] += noise.numel()
+            for k, (_, direction) in enumerate(directions[i]):
+                projections[i][k].append(float(noise @ direction))
     checks = []
     for i, ((z, _), release) in enumerate(zip(counted, reference, strict=True)):
         expected = z * release.sensitivity
-        stacked = torch.stack(noise[i])
-        checks.append(_variance_check(i, "noise std per entry", stacked.numpy(), expected))
-        checks += [_variance_check(i, f"noise std {what}", (stacked @ direction).numpy(), expected)
-                   for what, direction in directions[i]]
+        checks.append(_variance_check(i, "noise std per entry", entries[i], squares[i] / max(entries[i], 1), expected))
+        checks += [_variance_check(i, f"noise std {what}", len(values), float(np.mean(np.square(values))), expected)
+                   for (what, _), values in zip(directions[i], projections[i], strict=True)]
     return checks
 
 

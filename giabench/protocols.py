@@ -45,7 +45,8 @@ class Protocol:
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.params: Update = {k: v.detach() for k, v in model.named_parameters()}
+        #: the trainable weights, the ones an update holds (a LoRA model freezes all but its adapters)
+        self.params: Update = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
         self.buffers: Update = {k: v.detach() for k, v in model.named_buffers()}
         self.running_stats = {f"{name}.{stat}" for name, module in model.named_modules()
                               if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)

@@ -12,7 +12,8 @@ A reproduction is a YAML file in ``giabench/reproductions`` (``ID.yaml``):
   ``rule``, where we fall short the measured ``reason``, and where the row departs from the paper's threat model or
   setting on purpose, that ``difference``.
 
-Metrics: ``psnr``, ``ssim``, ``lpips`` (per image), ``exact`` (images recovered exactly, summed over the cells),
+Metrics: ``psnr``, ``ssim``, ``lpips`` (per image), ``rouge1``, ``rouge2``, ``token_acc`` (per sequence of text),
+``exact`` (images recovered exactly, summed over the cells),
 ``batches_exact`` (share of batches recovered whole), ``share_above`` (share of images above ``threshold`` dB) and
 ``accuracy`` (a utility run's test accuracy; with ``against``, its difference to another defense's).
 
@@ -44,8 +45,9 @@ from giabench.utility_config import config_from_mapping
 from giabench.yamlfile import packaged, parse_yaml, read_text
 
 FIGURE_KINDS = ("table", "single run", "claim", "repository")
-METRICS = ("psnr", "ssim", "lpips", "exact", "batches_exact", "share_above", "accuracy")
-IMAGE_METRICS = ("psnr", "ssim", "lpips")
+METRICS = ("psnr", "ssim", "lpips", "rouge1", "rouge2", "token_acc", "exact", "batches_exact", "share_above",
+           "accuracy")
+IMAGE_METRICS = ("psnr", "ssim", "lpips", "rouge1", "rouge2", "token_acc")  # per image, or per sequence of text
 RULES = ("interval", "range", "count", "at-least")
 BUDGETS = ("paper", "cpu")
 NEED_KINDS = ("cpu", "gpu", "data", "weights")

@@ -10,8 +10,9 @@ embedding space hands a model float word embeddings (N x n x d) instead of ids (
 ``giabench/corpora/austen.tsv.gz``: the first 2,000 sentences of at least 4 words of each novel. A sentence's label is
 its novel (six classes: authorship attribution by novel). Every tenth sentence of a novel (index 0, 10, 20 ...) is in
 the ``test`` split, from which clients' private batches are drawn; the rest is ``train``, on which the tokenizer's
-vocabulary is counted and models are trained (``trained:N``). A sequence is the first n tokens of a sentence that has
-at least n: fixed-length inputs, as a model truncates to its maximum length, with no padding.
+vocabulary is counted and models of state ``trained:N`` are trained (never on the clients' sentences). A sequence is
+the first n tokens of a sentence that has at least n: fixed-length inputs, as a model truncates to its maximum length,
+with no padding.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import gzip
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -72,7 +74,12 @@ class TextSet(data.ImageSet):
     """Token sequences (``images``: N x n int64 ids) with labels and the tokenizer that made them."""
 
     tokenizer: Tokenizer = field(default=None)
+    #: the set a model of state ``trained:N`` trains on (``giabench.models``): the corpus's training split
+    training_split: Callable[[], TextSet] | None = field(default=None, repr=False)
     modality = "text"
+
+    def training(self) -> TextSet:
+        return self.training_split() if self.training_split else self
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -125,4 +132,7 @@ def austen(*, split: str = "test", length: int = 12, vocabulary: int = 4096) -> 
     tokenizer = Tokenizer.build(train_texts, vocabulary)
     ids, kept = sequences(tokenizer, [s for _, s in chosen], length)
     labels = torch.tensor([chosen[i][0] for i in kept], dtype=torch.long)
-    return TextSet(f"austen-{split}", ids, labels, novels, (), (), source=CORPUS_SOURCE, tokenizer=tokenizer)
+    training = None if split == "train" else (lambda: data.load("austen", split="train", length=length,
+                                                                   vocabulary=vocabulary))
+    return TextSet(f"austen-{split}", ids, labels, novels, (), (), source=CORPUS_SOURCE, tokenizer=tokenizer,
+                   training_split=training)

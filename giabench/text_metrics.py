@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from giabench.metrics import label_accuracy, label_set_accuracy
 
 NON_WORD = re.compile(r"[^a-z0-9]+")
+LEAK_ROUGE1 = 50.0  # a sequence counts as leaked when its ROUGE-1 F reaches this (half its words, in the audit)
 TEXT_METRICS = ("rouge1", "rouge2", "token_acc")
 IMAGE_METRICS = ("mse", "psnr", "ssim", "lpips")
 

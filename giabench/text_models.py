@@ -13,6 +13,10 @@ and attackers can ``torch.func.vmap`` through it. Dropout is left out: the paper
   h <- h + FFN(LN_2(h)) with tanh-approximated GELU, a final LN, and a bias-free linear head on the last position
   (``GPT2ForSequenceClassification``).
 
+``lora: r`` (r > 0) adds LoRA adapters of rank r to every block's query and value projections, q = W_q h + B A h, and
+freezes every other weight: a protocol then trains and shares the adapters only (``Protocol.params`` holds the
+trainable parameters).
+
 Initialization is the one both papers' code applies (Hugging Face ``_init_weights``): every linear and embedding weight
 N(0, 0.02^2), biases 0, layer norms 1 and 0; GPT-2 scales the residual output projections to N(0, (0.02 / sqrt(2L))^2).
 ``query_inputs`` gives the input of each block's attention projections (DAGER's span check), ``attention_weights``
@@ -33,17 +37,36 @@ from giabench.registry import model
 INIT_STD = 0.02
 
 
+class LowRank(nn.Module):
+    """A LoRA adapter (Hu et al., ICLR 2022): h -> B A h, A (r x d) and B (d x r); A Kaiming-uniform, B zero (peft's
+    initialization), so the adapted layer starts as the pretrained one."""
+
+    def __init__(self, width: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(width, rank, bias=False)
+        self.up = nn.Linear(rank, width, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, h):
+        return self.up(self.down(h))
+
+
 class SelfAttention(nn.Module):
-    def __init__(self, width: int, heads: int, causal: bool):
+    def __init__(self, width: int, heads: int, causal: bool, lora: int = 0):
         super().__init__()
         self.heads, self.causal = heads, causal
         self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
         self.output = nn.Linear(width, width)
+        self.adapters = nn.ModuleDict({"query": LowRank(width, lora), "value": LowRank(width, lora)}) if lora else None
+
+    def project(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        out = getattr(self, name)(h)
+        return out + self.adapters[name](h) if self.adapters is not None and name in self.adapters else out
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         batch, n, width = h.shape
         split = (batch, n, self.heads, width // self.heads)
-        q, k, v = (f(h).view(split).transpose(1, 2) for f in (self.query, self.key, self.value))
+        q, k, v = (self.project(f, h).view(split).transpose(1, 2) for f in ("query", "key", "value"))
         scores = q @ k.transpose(-1, -2) / math.sqrt(width // self.heads)
         if self.causal:
             future = torch.ones(n, n, dtype=torch.bool, device=h.device).triu(1)
@@ -65,10 +88,10 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """One transformer block; ``pre_norm``: GPT-2's order (norm, then sublayer), else BERT's (sublayer, then norm)."""
 
-    def __init__(self, width: int, heads: int, pre_norm: bool):
+    def __init__(self, width: int, heads: int, pre_norm: bool, lora: int = 0):
         super().__init__()
         self.pre_norm = pre_norm
-        self.attention = SelfAttention(width, heads, causal=pre_norm)
+        self.attention = SelfAttention(width, heads, causal=pre_norm, lora=lora)
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.mlp = FeedForward(width, "tanh" if pre_norm else "none")
 
@@ -89,16 +112,18 @@ class TextTransformer(nn.Module):
     pre_norm = False
     modalities = ("text",)
 
-    def __init__(self, shape, num_classes, *, width: int, heads: int, layers: int):
+    def __init__(self, shape, num_classes, *, width: int, heads: int, layers: int, lora: int):
         super().__init__()
         where = f"model {type(self).__name__.lower()}"
         checks.require(where, "shape", shape, len(shape) == 2, "(sequence length, vocabulary): a text dataset")
         checks.at_least(where, 1, width=width, heads=heads, layers=layers)
+        checks.at_least(where, 0, lora=lora)
         checks.require(where, "heads", heads, width % heads == 0, f"a divisor of width {width}")
         length, vocabulary = shape
+        self.lora = lora
         self.token_embedding = nn.Embedding(vocabulary, width)
         self.position_embedding = nn.Embedding(length, width)
-        self.blocks = nn.ModuleList(Block(width, heads, self.pre_norm) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(width, heads, self.pre_norm, lora) for _ in range(layers))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Word rows plus positions: ``x`` is token ids (B x n) or word embeddings (B x n x d)."""
@@ -119,9 +144,18 @@ class TextTransformer(nn.Module):
         h = self.start(self.token_embedding.weight + self.position_embedding.weight[position])
         return self.blocks[0].query_input(h)
 
-    def attention_weights(self, layer: int) -> tuple[str, str, str]:
-        """The names of block ``layer``'s query, key and value weights: all three multiply its query input."""
+    def attention_weights(self, layer: int) -> tuple[str, ...]:
+        """The names of the weights that multiply block ``layer``'s query input and are trained: its query, key and
+        value weights, or with LoRA its adapters' down-projections."""
+        if self.lora:
+            return tuple(f"blocks.{layer}.attention.adapters.{p}.down.weight" for p in ("query", "value"))
         return tuple(f"blocks.{layer}.attention.{p}.weight" for p in ("query", "key", "value"))
+
+    def _freeze_for_lora(self):
+        """With LoRA only the adapters train (and are shared): every other weight is frozen."""
+        if self.lora:
+            for name, p in self.named_parameters():
+                p.requires_grad_(".adapters." in name)
 
     def start(self, h):
         return h
@@ -130,17 +164,18 @@ class TextTransformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() == 1:
                 nn.init.ones_(p) if ".norm" in name or name.startswith("norm") else nn.init.zeros_(p)
-            else:
+            elif ".adapters." not in name:
                 scaled = self.pre_norm and name.endswith(("attention.output.weight", "mlp.down.weight"))
                 nn.init.normal_(p, std=INIT_STD / math.sqrt(2 * layers) if scaled else INIT_STD)
+        self._freeze_for_lora()
 
 
 @model("bert")
 class Bert(TextTransformer):
     """A BERT-like encoder classifier; BERT-base's width and heads (768, 12), ``layers`` of its 12."""
 
-    def __init__(self, shape, num_classes, *, width: int = 768, heads: int = 12, layers: int = 2):
-        super().__init__(shape, num_classes, width=width, heads=heads, layers=layers)
+    def __init__(self, shape, num_classes, *, width: int = 768, heads: int = 12, layers: int = 2, lora: int = 0):
+        super().__init__(shape, num_classes, width=width, heads=heads, layers=layers, lora=lora)
         self.norm = nn.LayerNorm(width)
         self.pooler = nn.Linear(width, width)
         self.classifier = nn.Linear(width, num_classes)
@@ -162,8 +197,8 @@ class Gpt2(TextTransformer):
 
     pre_norm = True
 
-    def __init__(self, shape, num_classes, *, width: int = 768, heads: int = 12, layers: int = 2):
-        super().__init__(shape, num_classes, width=width, heads=heads, layers=layers)
+    def __init__(self, shape, num_classes, *, width: int = 768, heads: int = 12, layers: int = 2, lora: int = 0):
+        super().__init__(shape, num_classes, width=width, heads=heads, layers=layers, lora=lora)
         self.norm = nn.LayerNorm(width)
         self.score = nn.Linear(width, num_classes, bias=False)
         self._initialize(layers)

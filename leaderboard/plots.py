@@ -107,9 +107,10 @@ def psnr_epsilon(points: pd.DataFrame) -> str | None:
                    "mean PSNR over seeds (dB)", "Leakage against the privacy budget")
 
 
-def leakage(curves: pd.DataFrame, by: str, xlabel: str, title: str) -> str | None:
-    """Worst-case PSNR over the attacks (y) against ``by`` (x, log scale), one line per defense setting;
-    ``curves`` has columns defense_key, ``by``, psnr."""
+def leakage(curves: pd.DataFrame, by: str, xlabel: str, title: str,
+            ylabel: str = "worst-case mean PSNR over the battery (dB)") -> str | None:
+    """Worst-case PSNR (or the leakage ``ylabel`` names) over the attacks (y) against ``by`` (x, log scale), one line
+    per defense setting; ``curves`` has columns defense_key, ``by``, psnr."""
     if curves.empty:
         return None
     plt, fig, ax = _figure(7.5, 4.8)
@@ -118,7 +119,7 @@ def leakage(curves: pd.DataFrame, by: str, xlabel: str, title: str) -> str | Non
         ax.plot(part[by], part["psnr"], marker="o", label=defense)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(curves[by].unique()), [str(v) for v in sorted(curves[by].unique())])
-    return _finish(plt, fig, ax, xlabel, "worst-case mean PSNR over the battery (dB)", title)
+    return _finish(plt, fig, ax, xlabel, ylabel, title)
 
 
 def per_round(rounds: pd.DataFrame) -> str | None:

@@ -12,7 +12,7 @@ from giabench.attacks.dager import Dager
 from giabench.attacks.text_optimization import LAMP, moves
 from giabench.attacks.text_prior import language_model
 from giabench.contracts import ServerView
-from giabench.errors import ConfigError
+from giabench.errors import ConfigError, NotApplicable
 from giabench.leaderboard import report, tables
 from giabench.store import Store
 
@@ -118,6 +118,31 @@ def test_dager_fails_once_the_batch_has_more_tokens_than_the_width():
     view, x = _view("gpt2", 8, width=64)  # 96 tokens, width 64
     recon = Dager().reconstruct(view, None, torch.Generator().manual_seed(0))
     assert text_metrics.score(recon.images, None, x, torch.zeros(8), SMALL.texts)[0]["rouge1"] < 50
+
+
+def _lora_view(up_std: float):
+    model = models.build("gpt2", {"lora": 32}, SMALL, "untrained", 0)
+    with torch.no_grad():  # a fine-tuned adapter: its up-projection has left 0
+        for name, p in model.named_parameters():
+            if name.endswith("up.weight"):
+                p.normal_(0, up_std, generator=torch.Generator().manual_seed(5))
+    protocol = protocols.build("fedsgd", {}, model)
+    x, y = SMALL.images[:2], SMALL.labels[:2]
+    return ServerView(model, protocol, protocol.update(x, y), {}, SMALL.shape, 6, 2), x
+
+
+def test_lora_shares_only_the_adapters_and_dager_reads_their_down_projections():
+    view, x = _lora_view(0.02)
+    assert view.message and all(".adapters." in k for k in view.message)
+    assert sum(v.numel() for v in view.message.values()) == 2 * 2 * 2 * 32 * 768  # 2 blocks, q and v, A and B
+    recon = Dager(tau1=1e-4, tau2=5e-3).reconstruct(view, None, torch.Generator().manual_seed(0))
+    assert text_metrics.score(recon.images, None, x, torch.zeros(2), SMALL.texts)[0]["exact"] == 2
+
+
+def test_dager_on_a_fresh_lora_adapter_is_not_applicable():
+    view, _ = _lora_view(0.0)
+    with pytest.raises(NotApplicable, match="up-projection is still 0"):
+        Dager().reconstruct(view, None, torch.Generator().manual_seed(0))
 
 
 def test_lamp_moves_are_permutations_and_start_with_the_identity():

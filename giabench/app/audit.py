@@ -145,7 +145,7 @@ def run(model: str, out: str, weights: str = "", data_name: str = "cifar10-sampl
     imageset = data.load(data_name)
     spec = {"name": "factory", "factory": model, **({"weights": weights} if weights else {})}
     net = models.build("factory", {k: v for k, v in spec.items() if k != "name"}, imageset, "untrained", 0).net
-    entries, skipped = battery(net, imageset.shape, proto, sizes, budget)
+    entries, skipped = battery(net, imageset.shape, proto, sizes, budget, imageset.modality)
     document = suite_document("audit", data_name, spec, proto, settings, entries, budget)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -174,11 +174,14 @@ def write(folder: Path, suite_file: Path, loaded: suite.Suite, skipped: list[tup
             f"(test images: {round(UtilityConfig.test_fraction * images)}); epsilon (utility run) composes "
             "every round of that run.")
     cells = cells.assign(local_steps=[audit_report.local_steps(row) for _, row in cells.iterrows()])
+    measure = audit_report.Measure.of(cells)
+    ylabel = f"worst-case mean {measure.unit} over the battery"
     figures = {"leakage_batch.svg": plots.leakage(audit_report.leakage_curves(cells, "batch_size"), "batch_size",
-                                                  "client batch size", "Leakage against batch size"),
+                                                  "client batch size", "Leakage against batch size", ylabel),
                "leakage_steps.svg": plots.leakage(audit_report.leakage_curves(cells, "local_steps"), "local_steps",
-                                                  "local gradient steps per update", "Leakage against local steps")}
+                                                  "local gradient steps per update", "Leakage against local steps",
+                                                  ylabel)}
     lines = audit_report.verdicts(cells, shown)
     table = audit_report.defense_table(cells, shown, audit_report.utility_costs(folder / "utility" / "utility.csv"))
-    audit_report.write_report(folder, suite_file, lines, skipped, table, figures, note)
+    audit_report.write_report(folder, suite_file, lines, skipped, table, figures, note, measure)
     return lines

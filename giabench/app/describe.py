@@ -41,10 +41,11 @@ def parameter_table(rows: list[tuple[str, str, str, str]], indent: str = "  ") -
 
 
 def attack_meta(name: str) -> str:
-    """An attack's family, default threat model and assumptions."""
+    """An attack's family, the data it reconstructs, default threat model and assumptions."""
     obj = registry("attacks").get(name)
     needs = obj(**registry("attacks").defaults(name)).requirements("fedsgd")
-    return f"{obj.family}; threat model {threats.minimal(needs)} by default; assumes {obj.assumes or 'nothing stated'}"
+    return (f"{obj.family}; {' and '.join(obj.modalities)}; threat model {threats.minimal(needs)} by default; "
+            f"assumes {obj.assumes or 'nothing stated'}")
 
 
 def heading(kind: str, name: str) -> str:
