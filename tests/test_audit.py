@@ -130,3 +130,18 @@ def test_defense_settings_parse_and_bad_ones_are_named():
         {"name": "none"}, {"name": "dp-sgd", "noise_multiplier": 0.5, "clip": 2}, {"name": "prune", "fraction": 0.9}]
     with pytest.raises(ConfigError, match="NAME:KEY=VALUE"):
         parse_defenses("dp-sgd:noise_multiplier")
+
+
+def test_a_users_transformer_is_audited_on_text_with_rouge_verdicts(tmp_path):
+    """A 2-block decoder from a .py file (tests/data/user_transformer.py builds it from giabench's blocks) on the
+    austen sentences: the text battery runs and the verdicts count sequences by ROUGE-1."""
+    out = tmp_path / "run"
+    code = cli.main(["audit", "--model", "tests/data/user_transformer.py:make_model", "--data", "austen",
+                     "--budget", "quick", "--batch-sizes", "2", "--defenses", "none", "--out", str(out), "--quiet"])
+    assert code == 0
+    grid = yaml.safe_load((out / "audit-suite.yaml").read_text())["grid"]
+    assert {e["attack"] if isinstance(e["attack"], str) else e["attack"]["name"] for e in grid} == {"dager", "tag",
+                                                                                                    "lamp"}
+    report = (out / "audit.md").read_text()
+    assert "a sequence counts as reconstructed at ROUGE-1 50 or more" in report
+    assert "Eavesdropper (A): reconstructs 2 of 2 sequences of a batch of 2 at ROUGE-1 50 or more (DAGER)" in report

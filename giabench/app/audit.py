@@ -169,12 +169,11 @@ def write(folder: Path, suite_file: Path, loaded: suite.Suite, skipped: list[tup
     ids = {cell.id for cell in loaded.cells}
     cells, shown = tables.cells(folder), Store(folder).images()
     cells, shown = cells[cells["cell"].isin(ids)], shown[shown["cell"].isin(ids)]
-    utility = loaded.utility
+    utility, measure = loaded.utility, audit_report.Measure.of(cells)
     note = (f"Accuracy: {utility.rounds} FedAvg rounds of {utility.clients} clients on {data_name} "
-            f"(test images: {round(UtilityConfig.test_fraction * images)}); epsilon (utility run) composes "
-            "every round of that run.")
+            f"(test {measure.sample}s: {round(UtilityConfig.test_fraction * images)}); epsilon (utility run) "
+            "composes every round of that run.")
     cells = cells.assign(local_steps=[audit_report.local_steps(row) for _, row in cells.iterrows()])
-    measure = audit_report.Measure.of(cells)
     ylabel = f"worst-case mean {measure.unit} over the battery"
     figures = {"leakage_batch.svg": plots.leakage(audit_report.leakage_curves(cells, "batch_size"), "batch_size",
                                                   "client batch size", "Leakage against batch size", ylabel),

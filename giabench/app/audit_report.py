@@ -162,7 +162,8 @@ def write_report(out: Path, suite_file: Path, lines: list[str], skipped: list[tu
     measure = measure or Measure("psnr", "dB PSNR", "image", f"above {LEAK_DB:g} dB PSNR")
     text = ["# giabench audit", "", f"Suite: `{suite_file.name}` (rerun or extend it with `giabench run "
             f"{suite_file} --out {out}`). Every cell, with its reconstructions: `leaderboard.html`.", "",
-            f"## Verdicts (an {measure.sample} counts as reconstructed {measure.threshold})", ""]
+            f"## Verdicts ({'an' if measure.sample == 'image' else 'a'} {measure.sample} counts as reconstructed "
+            f"{measure.threshold})", ""]
     text += [f"- {line}" for line in lines] or ["- no attack finished"]
     text += ["", "## Attacks that do not apply", ""]
     text += [f"- {attack}: {reason}" for attack, reason in skipped] or ["- none: every attack of the battery ran"]
