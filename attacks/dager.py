@@ -130,6 +130,10 @@ class Dager(Attack):
         return torch.cat([span_distance(net.query_inputs(part, 2)[1], basis) for part in sequences.split(CHUNK)])
 
     def _decoder(self, net, tokens, basis, batch_size):
+        """Alg. 2: prefixes grown position by position, each extension kept when block 2's input at its new position
+        is in the span (the ``batch_size`` best by summed distance where none is); at most ``keep`` prefixes go on,
+        lowest summed distance first. Returns the sequences (those that passed every check first), the count
+        scored and how many passed."""
         prefixes = torch.zeros(1, 0, dtype=torch.long, device=basis.device)
         scores = torch.zeros(1, dtype=torch.float64, device=basis.device)
         passed = torch.ones(1, dtype=torch.bool, device=basis.device)  # every check so far below its threshold
@@ -149,6 +153,8 @@ class Dager(Attack):
         return _fill(prefixes[first], batch_size), scored, min(int(passed.sum()), batch_size)
 
     def _encoder(self, net, tokens, basis, batch_size, generator):
+        """Alg. 3: whole sequences from the ``batch_size`` closest tokens per position (all combinations up to
+        ``max_candidates``, else that many drawn), the ``batch_size`` of lowest mean block-2 distance kept."""
         pools = [t[:batch_size] for t in tokens]
         combinations = 1
         for pool in pools:

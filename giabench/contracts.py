@@ -58,7 +58,7 @@ class ServerView:
     protocol: Protocol
     message: Update
     public: dict
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]  # C x H x W; for text (sequence length, vocabulary size)
     num_classes: int
     batch_size: int
     labels: torch.Tensor | None = None  # granted only when the threat model includes the labels
@@ -70,7 +70,7 @@ class ServerView:
 
 @dataclass
 class Reconstruction:
-    images: torch.Tensor | None  # B x C x H x W in [0, 1]; None for label-only attacks
+    images: torch.Tensor | None  # B x C x H x W in [0, 1] (text: B x n token ids); None for label-only attacks
     labels: torch.Tensor | None
     iterations: int  # gradient evaluations spent (the budget unit)
     trace: list[float] = field(default_factory=list)  # objective, sampled along the run
