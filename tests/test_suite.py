@@ -54,8 +54,8 @@ def test_unknown_attack_names_the_known_ones_and_the_line(tmp_path):
           seed: [0]
           attack: [ig, deepleak]
     """)
-    known = ("cpa, dlg, fc-invert, fedavg-invert, fedleak, fishing, ggl, gias, gifd, gradinversion, hyperfl-invert, "
-             "idlg, ig")
+    known = ("cpa, dager, dlg, fc-invert, fedavg-invert, fedleak, fishing, ggl, gias, gifd, gradinversion, "
+             "hyperfl-invert, idlg, ig")
     with pytest.raises(ConfigError, match=rf"s.yaml:5: unknown attack 'deepleak'; known: {known}"):
         suite.load(path)
 
