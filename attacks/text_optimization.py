@@ -37,16 +37,28 @@ def nearest_tokens(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return (unit @ (table / table.norm(dim=-1, keepdim=True).clamp_min(1e-12)).T).argmax(dim=-1)
 
 
-def text_model(view):
-    """The broadcast model's text network; NotApplicable for any other."""
-    net = getattr(view.model, "net", None)
-    if not hasattr(net, "token_embedding"):
-        raise NotApplicable("needs a transformer of giabench.text_models (one that takes word embeddings)")
-    return net
+class EmbeddingAttack(Attack):
+    """An attack that optimizes word embeddings through a transformer of ``giabench.text_models``."""
+
+    modalities = ("text",)
+
+    def applies(self, model, shape, protocol, batch_size):
+        return None if hasattr(model, "token_embedding") else \
+            f"{self.title} needs a transformer of giabench.text_models"
+
+    def observed(self, view, simulate) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The embedding table E, the dummy batch's labels and the observed message without E's gradient (the
+        dummy inputs do not go through it); NotApplicable for a model that is not a text transformer."""
+        net = getattr(view.model, "net", None)
+        if not hasattr(net, "token_embedding"):
+            raise NotApplicable("needs a transformer of giabench.text_models (one that takes word embeddings)")
+        table = net.token_embedding.weight.detach()
+        y = label_methods.resolve(self.labels, view, simulate).to(table.device)
+        return table, y, {k: v.to(table.device) for k, v in view.message.items() if k != EMBEDDING}
 
 
 @attack("tag")
-class TAG(Attack):
+class TAG(EmbeddingAttack):
     """TAG, Gradient Attack on Transformer-based Language Models (Deng, Wang, Li, Wang, Guo, Tao, Ding, Findings of
     EMNLP 2021): Adam on dummy word embeddings X' minimizing sum_p ||g'_p - g_p||^2 + alpha ||g'_p - g_p||_1 (Eq. 5),
     started from N(0, s^2) with s the embedding table's standard deviation (the paper's N(0, 1) in the model's
@@ -54,7 +66,6 @@ class TAG(Attack):
     with, give it the true labels (``labels: known``). One iteration is one gradient of the distance."""
 
     title = "TAG"
-    modalities = ("text",)
     assumes = "the client's labels (known, as in LAMP's and DAGER's reruns, or inferred)"
     parameters = {
         "iterations": Param("Adam steps, one gradient of the distance each (LAMP's rerun: 2500)", at_least=1),
@@ -75,14 +86,8 @@ class TAG(Attack):
     def __init__(self, *, iterations: int = 2500, lr: float = 0.1, alpha: float = 0.01, labels: str = "known"):
         self.iterations, self.lr, self.alpha, self.labels = iterations, lr, alpha, labels
 
-    def applies(self, model, shape, protocol, batch_size):
-        return None if hasattr(model, "token_embedding") else "TAG needs a transformer of giabench.text_models"
-
     def reconstruct(self, view, simulate, generator, progress=None):
-        net = text_model(view)
-        table = net.token_embedding.weight.detach()
-        y = label_methods.resolve(self.labels, view, simulate).to(table.device)
-        obs = {k: v.to(table.device) for k, v in view.message.items() if k != EMBEDDING}
+        table, y, obs = self.observed(view, simulate)
         length, width = view.shape[0], table.shape[1]
         start = torch.randn((view.batch_size, length, width), generator=generator) * float(table.std())
         x = start.to(table.device).requires_grad_(True)
@@ -135,7 +140,7 @@ def moves(length: int, count: int, generator: torch.Generator) -> torch.Tensor:
 
 
 @attack("lamp")
-class LAMP(Attack):
+class LAMP(EmbeddingAttack):
     """LAMP, Extracting Text from Gradients with Language Model Priors (Balunovic, Dimitrov, Jovanovic, Vechev,
     NeurIPS 2022). Continuous steps: Adam on word embeddings X' minimizing
         L_rec(X') + alpha_reg ((1/Bn) sum_{j,i} ||x'_{j,i}|| - nu)^2,
@@ -152,7 +157,6 @@ class LAMP(Attack):
     standard deviation is about 0.05: 0.2 in units of it)."""
 
     title = "LAMP"
-    modalities = ("text",)
     assumes = "the client's labels and, for its language-model prior, surrogate text of the client's distribution"
     parameters = {
         "iterations": Param("continuous Adam steps", at_least=1),
@@ -194,14 +198,8 @@ class LAMP(Attack):
     def parameter_needs(self):
         return super().parameter_needs() | ({"surrogate-data"} if self.alpha_lm > 0 else set())
 
-    def applies(self, model, shape, protocol, batch_size):
-        return None if hasattr(model, "token_embedding") else "LAMP needs a transformer of giabench.text_models"
-
     def reconstruct(self, view, simulate, generator, progress=None):
-        net = text_model(view)
-        table = net.token_embedding.weight.detach()
-        y = label_methods.resolve(self.labels, view, simulate).to(table.device)
-        obs = {k: v.to(table.device) for k, v in view.message.items() if k != EMBEDDING}
+        table, y, obs = self.observed(view, simulate)
         prior = language_model(view.surrogate, view.shape[1]).to(table.device) if self.alpha_lm > 0 else None
         nu, scale = float(table.norm(dim=-1).mean()), float(table.std())
         spent = 0

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -51,9 +51,9 @@ class Tokenizer:
         ranked = sorted(counts, key=lambda t: (-counts[t], t))[:size - 1]
         return cls((UNKNOWN, *ranked))
 
-    @property
+    @cached_property
     def ids(self) -> dict[str, int]:
-        return _index(self.vocabulary)
+        return {t: i for i, t in enumerate(self.vocabulary)}
 
     def encode(self, text: str) -> list[int]:
         ids = self.ids
@@ -62,11 +62,6 @@ class Tokenizer:
     def decode(self, ids) -> str:
         """Tokens joined by spaces (the text ROUGE scores; its tokenization drops the punctuation)."""
         return " ".join(self.vocabulary[int(i)] for i in ids)
-
-
-@lru_cache(maxsize=4)
-def _index(vocabulary: tuple[str, ...]) -> dict[str, int]:
-    return {t: i for i, t in enumerate(vocabulary)}
 
 
 @dataclass

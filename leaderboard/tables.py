@@ -49,10 +49,10 @@ def ranking(frame: pd.DataFrame, images: pd.DataFrame | None = None) -> pd.DataF
     return table
 
 
-def cell_interval(cells: pd.Series, images: pd.DataFrame) -> tuple[float, float]:
-    """The 95 % interval of the mean PSNR over ``cells`` (ids), resampling whole cells with their per-image scores
-    (``images``: the store's per-image rows)."""
-    return cluster_bootstrap([images.loc[images["cell"] == c, "psnr"].dropna().to_numpy() for c in cells])
+def cell_interval(cells: pd.Series, images: pd.DataFrame, metric: str = "psnr") -> tuple[float, float]:
+    """The 95 % interval of the mean ``metric`` (PSNR, or a per-sequence one such as ROUGE-1) over ``cells`` (ids),
+    resampling whole cells with their per-image scores (``images``: the store's per-image rows)."""
+    return cluster_bootstrap([images.loc[images["cell"] == c, metric].dropna().to_numpy() for c in cells])
 
 
 def interval(lo: float, hi: float, digits: int = 2) -> str:

@@ -2,22 +2,21 @@
 
 A text cell (``giabench.text_metrics``) has one image row per private sequence with its text, the text matched to it
 and that pair's ROUGE-1, ROUGE-2 and token accuracy. Per setting, the mean ROUGE-1 over its sequences gets the 95 %
-percentile interval of a bootstrap that resamples whole cells (``giabench.intervals.cluster_bootstrap``).
+percentile interval of a bootstrap that resamples whole cells (``tables.cell_interval``).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from giabench.intervals import cluster_bootstrap
-from giabench.leaderboard.tables import SETTING
+from giabench.leaderboard.tables import SETTING, cell_interval
 
 TEXT_METRICS = ["rouge1", "rouge2", "token_acc"]
 EXAMPLES = 3  # sentence pairs shown per setting
 
 
 def text_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """The cells scored as text (a ROUGE-1 figure, or a status other than ok on a text set)."""
+    """The cells scored as text: those with a ROUGE-1 figure."""
     return frame[pd.to_numeric(frame["rouge1"], errors="coerce").notna()] if "rouge1" in frame else frame.iloc[:0]
 
 
@@ -29,9 +28,7 @@ def table(frame: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     grouped = cells.groupby(SETTING, dropna=False, sort=False)
     out = grouped[[*TEXT_METRICS, "exact", "wall_s", "epsilon", "bytes"]].mean()
-    per_cell = images.dropna(subset=["rouge1"]).groupby("cell")["rouge1"].apply(lambda s: s.to_numpy()) \
-        if len(images) and "rouge1" in images else pd.Series(dtype=object)
-    bounds = grouped["cell"].apply(lambda ids: cluster_bootstrap([per_cell[c] for c in ids if c in per_cell.index]))
+    bounds = grouped["cell"].apply(lambda ids: cell_interval(ids, images, "rouge1"))
     out["rouge1_lo"], out["rouge1_hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
     out["adjacency"] = grouped["adjacency"].first()
     out["cells"] = grouped.size()

@@ -136,14 +136,7 @@ def test_gate_fails_when_dager_drops_its_second_layer_check(tmp_path, monkeypatc
 
 
 def test_gate_fails_when_tag_steps_a_hundred_times_shorter(tmp_path, monkeypatch):
-    original = TAG.__init__
-
-    @functools.wraps(original)
-    def slower(self, **params):
-        original(self, **params)
-        self.lr *= 0.01
-
-    monkeypatch.setattr(TAG, "__init__", slower)
+    _weakened(monkeypatch, TAG, lr=0.001)  # the smoke cells' lr is TAG's default 0.1
     failures, _ = _gate(tmp_path, _undefended("tag"))
     assert any(line.startswith("weaker: tag") and "rouge1" in line for line in failures), failures
 

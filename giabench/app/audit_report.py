@@ -35,10 +35,13 @@ class Measure:
     def of(cls, cells: pd.DataFrame) -> Measure:
         if "rouge1" in cells and pd.to_numeric(cells["rouge1"], errors="coerce").notna().any():
             return cls("rouge1", "ROUGE-1", "sequence", f"at ROUGE-1 {LEAK_ROUGE1:g} or more")
-        return cls("psnr", "dB PSNR", "image", f"above {LEAK_DB:g} dB PSNR")
+        return IMAGES
 
     def figure(self, value: float) -> str:
         return f"{value:.1f} dB" if self.column == "psnr" else f"ROUGE-1 {value:.1f}"
+
+
+IMAGES = Measure("psnr", "dB PSNR", "image", f"above {LEAK_DB:g} dB PSNR")
 
 
 def images_above(images: pd.DataFrame) -> pd.Series:
@@ -157,9 +160,8 @@ def local_steps(row) -> int:
 
 def write_report(out: Path, suite_file: Path, lines: list[str], skipped: list[tuple[str, str]],
                  defenses: pd.DataFrame, figures: dict[str, str | None], utility_note: str,
-                 measure: Measure | None = None) -> Path:
+                 measure: Measure = IMAGES) -> Path:
     """``audit.md``: the verdicts, what did not apply and why, the defense table and the plots."""
-    measure = measure or Measure("psnr", "dB PSNR", "image", f"above {LEAK_DB:g} dB PSNR")
     text = ["# giabench audit", "", f"Suite: `{suite_file.name}` (rerun or extend it with `giabench run "
             f"{suite_file} --out {out}`). Every cell, with its reconstructions: `leaderboard.html`.", "",
             f"## Verdicts ({'an' if measure.sample == 'image' else 'a'} {measure.sample} counts as reconstructed "
