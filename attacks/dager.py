@@ -85,7 +85,7 @@ class Dager(Attack):
 
     def applies(self, model, shape, protocol, batch_size):
         if not hasattr(model, "query_inputs") or len(getattr(model, "blocks", ())) < 2:
-            return "DAGER needs a transformer of giabench.text_models (two attention blocks or more)"
+            return "DAGER needs a transformer of giabench.text_models or giabench.hub (two attention blocks or more)"
         return None
 
     def reconstruct(self, view, simulate, generator, progress=None):
@@ -96,10 +96,10 @@ class Dager(Attack):
         width = net.token_embedding.weight.shape[1]
         bases = []
         for layer in (0, 1):
-            names = [f"net.{name}" for name in net.attention_weights(layer)]
-            if any(name not in view.message for name in names):
+            names = net.attention_weights(layer)
+            if any(f"net.{name}" not in view.message for name in names):
                 raise NotApplicable(f"the message carries no gradient of block {layer + 1}'s attention projections")
-            stacked = torch.cat([view.message[name] for name in names])
+            stacked = torch.cat([net.input_rows(name, view.message[f"net.{name}"]) for name in names])
             bases.append(row_space(stacked, self.rank_tol, width - self.rank_cap))
         if not len(bases[0]) or not len(bases[1]):
             raise NotApplicable("the attention gradients are zero, nothing spans the inputs (a LoRA adapter whose "
@@ -107,7 +107,7 @@ class Dager(Attack):
         length = view.shape[0]
         with torch.no_grad():
             tokens = [self._layer1(net, i, bases[0], view.batch_size) for i in range(length)]
-            if net.pre_norm:
+            if net.causal:
                 found, scored, exact = self._decoder(net, tokens, bases[1], view.batch_size)
             else:
                 found, scored, exact = self._encoder(net, tokens, bases[1], view.batch_size, generator)

@@ -22,8 +22,6 @@ from giabench.errors import ConfigError, NotApplicable
 from giabench.registry import attack
 from giabench.search import Range
 
-EMBEDDING = "net.token_embedding.weight"
-
 
 def tag_distance(sim: dict, obs: dict, alpha: float) -> torch.Tensor:
     """TAG's distance (Deng et al., Eq. 5): sum_p ||g'_p - g_p||_2^2 + alpha ||g'_p - g_p||_1, with the uniform alpha
@@ -52,9 +50,11 @@ class EmbeddingAttack(Attack):
         net = getattr(view.model, "net", None)
         if not hasattr(net, "token_embedding"):
             raise NotApplicable("needs a transformer of giabench.text_models (one that takes word embeddings)")
-        table = net.token_embedding.weight.detach()
+        weight = net.token_embedding.weight
+        embedding = next(f"net.{name}" for name, p in net.named_parameters() if p is weight)
+        table = weight.detach()
         y = label_methods.resolve(self.labels, view, simulate).to(table.device)
-        return table, y, {k: v.to(table.device) for k, v in view.message.items() if k != EMBEDDING}
+        return table, y, {k: v.to(table.device) for k, v in view.message.items() if k != embedding}
 
 
 @attack("tag")

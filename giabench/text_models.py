@@ -112,6 +112,11 @@ class TextTransformer(nn.Module):
     pre_norm = False
     modalities = ("text",)
 
+    @property
+    def causal(self) -> bool:
+        """Causal attention (the decoder): block 2's input at position i depends on the prefix only."""
+        return self.pre_norm
+
     def __init__(self, shape, num_classes, *, width: int, heads: int, layers: int, lora: int):
         super().__init__()
         where = f"model {type(self).__name__.lower()}"
@@ -150,6 +155,10 @@ class TextTransformer(nn.Module):
         if self.lora:
             return tuple(f"blocks.{layer}.attention.adapters.{p}.down.weight" for p in ("query", "value"))
         return tuple(f"blocks.{layer}.attention.{p}.weight" for p in ("query", "key", "value"))
+
+    def input_rows(self, name: str, gradient: torch.Tensor) -> torch.Tensor:
+        """The gradient of weight ``name`` with one row per output unit (out x in): torch.nn's layout already."""
+        return gradient
 
     def _freeze_for_lora(self):
         """With LoRA only the adapters train (and are shared): every other weight is frozen."""
