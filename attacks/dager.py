@@ -20,6 +20,11 @@ LoRA (App. B.4): with adapters only trained and shared, G_l stacks the gradients
 down-projections A (r x d), dL/dA = (B^T dL/dY)^T Z_l, whose row space is the inputs' span while b < r. FedAvg
 (App. B.3): the update w_0 - w_K sums the local steps' gradients, so block 1's stays in the span exactly and block 2's
 approximately; the paper runs both variants with looser thresholds (FedAvg 5e-3, LoRA 5e-2).
+Adaptive to pruning (ours; the paper has no pruning experiment): top-k pruning publishes its support and drops only
+entries smaller than the smallest it keeps, t; the true G_l has rank at most b = B n. So the attacker completes the
+pruned G_l by hard-impute (Mazumder, Hastie, Tibshirani, JMLR 2010, Sec. 8) before the span check:
+    X <- P_kept(G~) + P_dropped(clip(S_b(X), -t, t)),   G_l ~ S_b(X) at the end,
+S_b the best rank-b approximation (``impute`` iterations; 0 turns it off).
 Best effort, as in the paper: where no candidate passes a threshold the closest ones go on, so the attack always
 returns B sequences; ``exact_sequences`` counts those that passed every check. The sequence length is the data's (our
 text sets have fixed-length sequences); no labels are needed.
@@ -50,6 +55,21 @@ def row_space(gradient: torch.Tensor, tolerance: float, cap: int) -> torch.Tenso
     return right[:min(rank, cap)]
 
 
+def impute(pruned: torch.Tensor, kept: torch.Tensor, rank: int, iterations: int, seed: int) -> torch.Tensor:
+    """The rank-``rank`` completion of a pruned gradient by hard-impute (see the module docstring), float64; the
+    randomized SVD is seeded by ``seed``."""
+    observed = pruned.double()
+    bound = float(observed[kept].abs().min()) if kept.any() else 0.0
+    x, low = observed.clone(), observed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(iterations):
+            u, s, v = torch.svd_lowrank(x, q=min(rank + 10, *x.shape), niter=2)
+            low = (u[:, :rank] * s[:rank]) @ v[:, :rank].T
+            x = torch.where(kept, observed, low.clamp(-bound, bound))
+    return low
+
+
 def span_distance(z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """d(z) = || u - R^T R u ||, u = z / ||z||, for each row of ``z`` (... x d)."""
     unit = z.double() / z.double().norm(dim=-1, keepdim=True).clamp_min(1e-30)
@@ -76,11 +96,13 @@ class Dager(Attack):
                           "their rounding floor near 1e-8)", above=0, below=1),
         "rank_cap": Param("Delta_b: the span's rank is capped at d - Delta_b (the paper's 20)", at_least=0),
         "max_candidates": Param("encoder: full sequences scored at most (drawn at random past it)", at_least=1),
+        "impute": Param("against pruning (a public mask): hard-impute iterations completing each pruned gradient to "
+                        "rank B n before the span check (0: read the pruned gradient as it is)", at_least=0),
     }
 
     def __init__(self, *, tau1: float = 1e-5, tau2: float = 1e-3, rank_tol: float = 1e-7, rank_cap: int = 20,
-                 max_candidates: int = 10000):
-        self.tau1, self.tau2, self.max_candidates = tau1, tau2, max_candidates
+                 max_candidates: int = 10000, impute: int = 50):
+        self.tau1, self.tau2, self.max_candidates, self.impute = tau1, tau2, max_candidates, impute
         self.rank_tol, self.rank_cap = rank_tol, rank_cap
 
     def applies(self, model, shape, protocol, batch_size):
@@ -94,12 +116,18 @@ class Dager(Attack):
         if reason:
             raise NotApplicable(reason)
         width = net.token_embedding.weight.shape[1]
-        bases = []
+        masks = view.public.get("mask")
+        bases, masks = [], masks if isinstance(masks, dict) else None  # top-k pruning: one mask per tensor
         for layer in (0, 1):
             names = net.attention_weights(layer)
             if any(f"net.{name}" not in view.message for name in names):
                 raise NotApplicable(f"the message carries no gradient of block {layer + 1}'s attention projections")
             stacked = torch.cat([net.input_rows(name, view.message[f"net.{name}"]) for name in names])
+            if masks and self.impute:
+                kept = torch.cat([net.input_rows(name, masks[f"net.{name}"]) for name in names]) != 0
+                rank = min(view.batch_size * view.shape[0], width - self.rank_cap)
+                seed = int(torch.randint(2**31, (1,), generator=generator))
+                stacked = impute(stacked, kept, rank, self.impute, seed)
             bases.append(row_space(stacked, self.rank_tol, width - self.rank_cap))
         if not len(bases[0]) or not len(bases[1]):
             raise NotApplicable("the attention gradients are zero, nothing spans the inputs (a LoRA adapter whose "
@@ -114,7 +142,8 @@ class Dager(Attack):
         if progress:
             progress(scored)
         extra = {"rank_layer1": len(bases[0]), "rank_layer2": len(bases[1]), "exact_sequences": exact,
-                 "layer1_candidates": sum(len(t) for t in tokens) / length, "tokens": view.batch_size * length}
+                 "layer1_candidates": sum(len(t) for t in tokens) / length, "tokens": view.batch_size * length,
+                 "imputed": bool(masks and self.impute)}
         return Reconstruction(found.cpu(), None, scored, extra=extra)
 
     def _layer1(self, net, position: int, basis: torch.Tensor, batch_size: int) -> torch.Tensor:

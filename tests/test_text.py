@@ -1,13 +1,14 @@
 """The text modality: the shipped corpus and tokenizer, ROUGE, the transformers, and TAG, LAMP and DAGER through the
 harness (runner, store, report), with the defenses that transform any update."""
 
+import functools
 import gzip
 import hashlib
 
 import pytest
 import torch
 
-from giabench import data, models, protocols, runner, suite, text, text_metrics
+from giabench import data, models, protocols, registry, runner, suite, text, text_metrics
 from giabench.attacks.dager import Dager
 from giabench.attacks.text_optimization import LAMP, moves
 from giabench.attacks.text_prior import language_model
@@ -96,14 +97,14 @@ def test_the_decoder_is_causal_and_the_encoder_is_not():
         assert torch.allclose(before[:, :-1], after[:, :-1]) == causal
 
 
-def _view(arch, batch, defense=None, width=768):
+def _view(arch, batch, defense=None, width=768, seed=0):
     model = models.build(arch, {"width": width, "heads": width // 64}, SMALL, "untrained", 0)
     protocol = protocols.build("fedsgd", {}, model)
-    index = data.sample_index(SMALL, batch, 0)
+    index = data.sample_index(SMALL, batch, seed)
     x, y = SMALL.images[index], SMALL.labels[index]
     client = defense(protocol) if defense else None
     message = client.share(x, y, torch.Generator().manual_seed(1)) if client else protocol.update(x, y)
-    return ServerView(model, protocol, message, {}, SMALL.shape, 6, batch), x
+    return ServerView(model, protocol, message, dict(client.public) if client else {}, SMALL.shape, 6, batch), x
 
 
 @pytest.mark.parametrize(("arch", "batch"), [("gpt2", 4), ("bert", 2)])
@@ -118,6 +119,18 @@ def test_dager_fails_once_the_batch_has_more_tokens_than_the_width():
     view, x = _view("gpt2", 8, width=64)  # 96 tokens, width 64
     recon = Dager().reconstruct(view, None, torch.Generator().manual_seed(0))
     assert text_metrics.score(recon.images, None, x, torch.zeros(8), SMALL.texts)[0]["rouge1"] < 50
+
+
+def test_dager_completes_a_pruned_gradient_and_recovers_more_than_reading_it_as_it_is():
+    prune = functools.partial(registry.defenses.get("prune"), fraction=0.9)
+    scores = {0: 0.0, 50: 0.0}
+    for seed in (0, 1):
+        view, x = _view("gpt2", 4, prune, seed=seed)
+        assert set(view.public["mask"]) == set(view.message)  # the support is public
+        for impute in scores:
+            recon = Dager(impute=impute).reconstruct(view, None, torch.Generator().manual_seed(0))
+            scores[impute] += text_metrics.score(recon.images, None, x, torch.zeros(4), SMALL.texts)[0]["rouge1"]
+    assert scores[50] > scores[0] + 10, scores
 
 
 def _lora_view(up_std: float):
