@@ -70,4 +70,4 @@ class TopKPruning(Client):
 
     def cost(self):
         kept = sum(math.ceil((1 - self.fraction) * p.numel()) for p in self.protocol.params.values())
-        return {**super().cost(), "bytes": 8 * kept}  # float32 value + int32 index
+        return {**super().cost(), "bytes": (self.value_bytes() + 4) * kept}  # a value + an int32 index

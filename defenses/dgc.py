@@ -144,4 +144,4 @@ class DeepGradientCompression(Client):
     def cost(self):
         density = self.public.get("density", round_density(self.density, self.warmup, self.first_round))
         kept = sum(math.ceil(density * p.numel()) for p in self.protocol.params.values())
-        return {**super().cost(), "bytes": 8 * kept}  # float32 value + int32 index
+        return {**super().cost(), "bytes": (self.value_bytes() + 4) * kept}  # a value + an int32 index

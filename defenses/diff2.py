@@ -197,4 +197,5 @@ class DIFF2(Client):
     def cost(self):
         return {"epsilon": epsilon(self.noise1, self.noise2, self.period, self.total_rounds, self.delta,
                                    self.adjacency),
-                "delta": self.delta, "adjacency": self.adjacency, "bytes": 4 * self.numel()}  # per round: one vector
+                "delta": self.delta, "adjacency": self.adjacency,
+                "bytes": self.value_bytes() * self.numel()}  # per round: one vector

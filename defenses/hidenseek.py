@@ -162,7 +162,8 @@ class HideNSeek(Client):
 
     def cost(self):
         kept = sum(int(m.sum()) for m in self.mask.values())
-        return {**super().cost(), "bytes": 4 * kept if self.upload == "scores" else math.ceil(kept / 8)}
+        sent = self.value_bytes() * kept if self.upload == "scores" else math.ceil(kept / 8)
+        return {**super().cost(), "bytes": sent}
 
 
 def _input_shape(model: nn.Module) -> tuple[int, int, int]:

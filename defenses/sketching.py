@@ -172,7 +172,7 @@ class Sketching(Client):
         return unflatten(self.sketch.transpose(message["sketch"]), self.protocol.params)
 
     def cost(self):
-        cost = {**super().cost(), "bytes": 4 * self.sketch.s}
+        cost = {**super().cost(), "bytes": self.value_bytes() * self.sketch.s}
         if self.dp or (self.noise == "post" and self.noise_multiplier > 0):
             return {**cost, **dp_cost(self.releases, 1, self.delta, self.adjacency)}
         return cost

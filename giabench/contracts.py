@@ -240,8 +240,12 @@ class Client:
     def numel(self) -> int:
         return sum(p.numel() for p in self.protocol.params.values())
 
+    def value_bytes(self) -> int:
+        """Bytes of one shared value: the weights' element size (4 for float32, 8 under ``--dtype float64``)."""
+        return next(iter(self.protocol.params.values())).element_size() if self.protocol.params else 4
+
     def cost(self) -> dict:
-        return {"epsilon": math.inf, "delta": 0.0, "adjacency": "", "bytes": 4 * self.numel()}
+        return {"epsilon": math.inf, "delta": 0.0, "adjacency": "", "bytes": self.value_bytes() * self.numel()}
 
 
 def is_private(cost: dict) -> bool:

@@ -8,7 +8,8 @@ Hub dataset (or a local directory of ``train.csv`` / ``test.csv`` ...) through `
 it with a Hub tokenizer into a ``TextSet``.
 
 Built as the DAGER and LAMP code builds its victims: the checkpoint's weights, the classification head freshly drawn by
-Hugging Face's ``_init_weights`` (seeded by the cell's seed), float32, eager attention. Two deviations, recorded in the
+Hugging Face's ``_init_weights`` (seeded by the cell's seed), in the cell's dtype (float32 unless ``--dtype``), eager
+attention. Two deviations, recorded in the
 model's parameters: dropout is 0 (the attacks run the model deterministically, as ``eval()``), and sequences carry no
 special tokens (BERT's [CLS]/[SEP] are not added; the first token's state is pooled), as the embedded text sets.
 ``pretrained: false`` draws every weight with ``_init_weights`` instead (the checkpoint's architecture, untrained).
@@ -81,7 +82,7 @@ class HubTransformer(nn.Module):
                        f"a model whose {config.vocab_size} embedding rows cover the tokenizer's {vocabulary} tokens")
         checks.require(where, "checkpoint", checkpoint, length <= config.max_position_embeddings,
                        f"a model of at least {length} positions (it has {config.max_position_embeddings})")
-        options = {"config": config, "attn_implementation": "eager", "dtype": torch.float32}
+        options = {"config": config, "attn_implementation": "eager", "dtype": torch.get_default_dtype()}
         auto = transformers.AutoModelForSequenceClassification
         self.hf = _loading(where, f"the weights of {checkpoint!r}", lambda: auto.from_pretrained(
             checkpoint, **options)) if pretrained else auto.from_config(**options)

@@ -66,8 +66,8 @@ class Classifier(nn.Module):
     def __init__(self, net: nn.Module, mean, std):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.get_default_dtype()).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.get_default_dtype()).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
@@ -432,6 +432,8 @@ def _trained(clf: Classifier, name: str, params: dict, data, steps: int, seed: i
     recipe = {"arch": name, "params": params, "data": data.name, "n": len(data), "steps": steps, "seed": seed,
               "version": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "hardware": numerics.hardware("cpu")}
+    if torch.get_default_dtype() != torch.float32:  # float32 recipes keep the keys of the weights cached before
+        recipe["dtype"] = str(torch.get_default_dtype())
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "models" / f"{name}-{key}.pt"
     if path.is_file():

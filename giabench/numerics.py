@@ -7,7 +7,8 @@ recorded setting, the same in-process and in worker processes:
   cell and restored after it;
 - ``device``: ``cpu`` or ``cuda``; on CUDA, TF32 is switched off and cuDNN picks deterministic kernels, so that
   ``dtype`` float32 means float32;
-- ``dtype``: float32 (the only one giabench computes in).
+- ``dtype``: float32 (the default) or float64 (``giabench run --dtype float64``): torch's default floating type while
+  the cell runs, so the model's weights, the client's update and the attacker's tensors are computed in it.
 ``hardware`` names the CPU model and the kernel path torch dispatched to (or the GPU); it is recorded, not pinned.
 """
 
@@ -21,14 +22,16 @@ import torch
 
 from giabench.errors import ConfigError
 
-DTYPE = "float32"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def settings(device: str, threads: int) -> dict:
+def settings(device: str, threads: int, dtype: str = "float32") -> dict:
     """The numerics settings a cell is computed under (what a resumed run must repeat)."""
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ConfigError(f"--threads must be a whole number >= 1, got {threads!r}")
-    return {"device": device, "threads": threads, "dtype": DTYPE}
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return {"device": device, "threads": threads, "dtype": dtype}
 
 
 @cache
@@ -46,12 +49,14 @@ def hardware(device: str) -> str:
 
 
 @contextmanager
-def pinned(device: str, threads: int):
-    """Run the body with ``threads`` threads in torch and in the BLAS/OpenMP pools, and on CUDA without TF32 and
-    with deterministic cuDNN kernels; every setting is restored afterwards."""
+def pinned(device: str, threads: int, dtype: str = "float32"):
+    """Run the body with ``threads`` threads in torch and in the BLAS/OpenMP pools, ``dtype`` as torch's default
+    floating type, and on CUDA without TF32 and with deterministic cuDNN kernels; every setting is restored
+    afterwards."""
     from threadpoolctl import threadpool_limits
 
-    saved = torch.get_num_threads()
+    saved, saved_dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_default_dtype(DTYPES[dtype])
     cuda = device.startswith("cuda")
     if cuda:
         flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
@@ -64,6 +69,7 @@ def pinned(device: str, threads: int):
             yield
     finally:
         torch.set_num_threads(saved)
+        torch.set_default_dtype(saved_dtype)
         if cuda:
             (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = flags

@@ -35,17 +35,18 @@ Result = tuple[dict, list[dict], np.ndarray | None]  # a cell's row, its per-ima
 
 @dataclass(frozen=True)
 class Environment:
-    """Where a cell runs. None of this changes a cell's identity; ``device`` and ``threads`` are its numerics settings,
-    stored with its row."""
+    """Where a cell runs. None of this changes a cell's identity; ``device``, ``threads`` and ``dtype`` are its
+    numerics settings, stored with its row."""
 
     device: str = "cpu"
     data_root: str = ""
     download: bool = False
     threads: int = 1
+    dtype: str = "float32"
 
     @property
     def numerics(self) -> dict:
-        return numerics.settings(self.device, self.threads)
+        return numerics.settings(self.device, self.threads, self.dtype)
 
 
 def pick_device(name: str) -> str:
@@ -136,7 +137,7 @@ class Outcome:
 def run_cell(cell: Cell, env: Environment, progress: Reporter | None = None) -> Result:
     """Run one cell under its pinned numerics; returns its result row, its per-image rows and the image grid
     (H x W x C uint8). ``progress`` hears the attack's planned budget, then its steps."""
-    with numerics.pinned(env.device, env.threads):
+    with numerics.pinned(env.device, env.threads, env.dtype):
         return _run_cell(cell, env, progress)
 
 
@@ -146,6 +147,8 @@ def _run_cell(cell: Cell, env: Environment, progress: Reporter | None) -> Result
     imageset, batches = client_data(cell, env)
     index = data.sample_index(batches, cell.batch_size, seed, cell.selection)
     x, y = batches.images[index].to(device), batches.labels[index].to(device)
+    if x.dtype.is_floating_point:  # images in the cell's dtype (token ids stay ids)
+        x = x.to(torch.get_default_dtype())
     model = build_model(cell.model, imageset, seed).to(device)
     texts = getattr(imageset, "texts", None)
     others = surrogate(batches, index) if threats.grants(cell.threat_model, "surrogate-data") else None
@@ -327,8 +330,8 @@ def _claim(out: Path, suite: Suite, store: Store, env: Environment) -> None:
     if stored and stored != [env.numerics]:
         found = "; ".join(_describe(n) for n in stored)
         raise GiabenchError(f"{out} holds cells computed with {found}; this run would use {_describe(env.numerics)}. "
-                            "Results under other numerics are other measurements: rerun with the same --threads and "
-                            "--device, or use another --out")
+                            "Results under other numerics are other measurements: rerun with the same --threads, "
+                            "--dtype and --device, or use another --out")
     source = str(Path(suite.source).resolve()) if Path(suite.source).is_file() else suite.source
     record = out / "suite.json"
     previous = _read_json(record)

@@ -135,6 +135,12 @@ def test_gate_fails_when_dager_drops_its_second_layer_check(tmp_path, monkeypatc
     assert any(line.startswith("weaker: dager") and "rouge1" in line for line in failures), failures
 
 
+def test_gate_fails_when_dager_reads_a_pruned_gradient_without_completing_it(tmp_path, monkeypatch):
+    _weakened(monkeypatch, Dager, impute=0)  # the non-adaptive attacker
+    failures, _ = _gate(tmp_path, lambda c: c["attack"]["name"] == "dager" and c["defense"]["name"] == "prune")
+    assert any(line.startswith("weaker: dager") and "rouge1" in line for line in failures), failures
+
+
 def test_gate_fails_when_tag_steps_a_hundred_times_shorter(tmp_path, monkeypatch):
     _weakened(monkeypatch, TAG, lr=0.001)  # the smoke cells' lr is TAG's default 0.1
     failures, _ = _gate(tmp_path, _undefended("tag"))

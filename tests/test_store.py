@@ -105,6 +105,26 @@ def test_each_row_records_its_numerics_and_a_resume_under_others_is_refused(tmp_
     runner.run_suite(loaded, tmp_path, runner.Environment(threads=1), show_progress=False)  # same settings resume
 
 
+def test_float64_cells_compute_and_send_in_float64_and_record_it(tmp_path):
+    import torch
+
+    from giabench import numerics
+    from giabench.errors import ConfigError
+
+    loaded = suite.expand(NUMERICS)
+    single = runner.run_suite(loaded, tmp_path / "32", runner.Environment(), show_progress=False).cells()
+    double = runner.run_suite(loaded, tmp_path / "64", runner.Environment(dtype="float64"),
+                              show_progress=False).cells()
+    assert torch.get_default_dtype() == torch.float32  # restored after the cells
+    assert (double["dtype"] == "float64").all() and (double["status"] == "ok").all()
+    assert (double["bytes"] == 2 * single["bytes"]).all()  # 8-byte values on the wire
+    assert not (double["psnr"] == single["psnr"]).all()  # another computation, not a relabelled one
+    with pytest.raises(GiabenchError, match="dtype=float64.*dtype=float32"):
+        runner.run_suite(loaded, tmp_path / "64", runner.Environment(), show_progress=False)
+    with pytest.raises(ConfigError, match="--dtype must be one of float32, float64, got 'float16'"):
+        numerics.settings("cpu", 1, "float16")
+
+
 def test_worker_processes_reproduce_the_in_process_numbers_exactly(tmp_path):
     loaded = suite.expand(NUMERICS)
     inline = runner.run_suite(loaded, tmp_path / "inline", runner.Environment(), show_progress=False).cells()

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default: runs/SUITE); rerunning resumes it")
     run.add_argument("--download", action="store_true", help="allow torchvision to download missing datasets")
     run.add_argument("--retry-failed", action="store_true", help="run the cells stored as failed again")
+    run.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                     help="the floating type cells compute in (default: %(default)s); a numerics setting, stored with "
+                          "every result")
 
     lister = command("list", "list registered components")
     lister.add_argument("kind", choices=[*KINDS, "suites"], help="which registry to list")

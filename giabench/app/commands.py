@@ -28,10 +28,10 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def environment(device: str, threads: int, workers: int, executor: str = "local", address: str | None = None,
-                data_root: str = "", download: bool = False) -> runner.Environment:
+                data_root: str = "", download: bool = False, dtype: str = "float32") -> runner.Environment:
     """Where cells run, every setting checked (a Ray address is tried within ``executors.ADDRESS_TIMEOUT_S``)."""
-    env = runner.Environment(runner.pick_device(device), data_root, download, threads)
-    numerics.settings(env.device, threads)
+    numerics.settings(device, threads, dtype)
+    env = runner.Environment(runner.pick_device(device), data_root, download, threads, dtype)
     if workers < 1:
         raise GiabenchError(f"--workers must be at least 1, got {workers}")
     if address is not None and executor != "ray":
@@ -55,10 +55,10 @@ def out_dir(out: str | None, default: Path) -> Path:
 
 def run(suite_spec: str = "default", out: str | None = None, device: str = "cpu", threads: int = 1, workers: int = 1,
         executor: str = "local", address: str | None = None, data_root: str = "", download: bool = False,
-        retry_failed: bool = False, quiet: bool = False) -> int:
+        retry_failed: bool = False, quiet: bool = False, dtype: str = "float32") -> int:
     """``giabench run``: a packaged suite or a YAML file, into a resumable run folder."""
     loaded = suite.load(suite_spec)
-    env = environment(device, threads, workers, executor, address, data_root, download)
+    env = environment(device, threads, workers, executor, address, data_root, download, dtype)
     return execute(loaded, out_dir(out, Path("runs") / loaded.slug), env, workers=workers, executor=executor,
                    address=address, retry_failed=retry_failed, quiet=quiet)
 

@@ -29,7 +29,7 @@ def audit_into(cells: list, out: Path, env: runner.Environment, draws: int = DRA
             and (kept["lower_draws"] == lower_draws).all():
         return kept
     audits = []
-    with numerics.pinned(env.device, env.threads):
+    with numerics.pinned(env.device, env.threads, env.dtype):
         for cell in chosen:
             if not quiet:
                 print(f"giabench: privacy audit of {privacy_audit.setting_label(cell)}", file=sys.stderr)
