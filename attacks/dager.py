@@ -154,9 +154,14 @@ class Dager(Attack):
         passing = order[distance[order] < self.tau1]
         return passing if len(passing) else order[:batch_size]
 
-    def _layer2(self, net, sequences: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-        """d(f^1_p(s), 2) for every sequence s and position p (N x n)."""
-        return torch.cat([span_distance(net.query_inputs(part, 2)[1], basis) for part in sequences.split(CHUNK)])
+    def _layer2(self, net, sequences: torch.Tensor, basis: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """d(f^1_p(s), 2) for every sequence s and position p (N x n); ``last``: at the last position only (N), by
+        the model's ``last_second_query_input`` where it has one (block 1 run for that position alone)."""
+        if last and hasattr(net, "last_second_query_input"):
+            inputs = (net.last_second_query_input(part) for part in sequences.split(CHUNK))
+        else:
+            inputs = (net.query_inputs(part, 2)[1][:, -1 if last else slice(None)] for part in sequences.split(CHUNK))
+        return torch.cat([span_distance(z, basis) for z in inputs])
 
     def _decoder(self, net, tokens, basis, batch_size):
         """Alg. 2: prefixes grown position by position, each extension kept when block 2's input at its new position
@@ -167,10 +172,10 @@ class Dager(Attack):
         scores = torch.zeros(1, dtype=torch.float64, device=basis.device)
         passed = torch.ones(1, dtype=torch.bool, device=basis.device)  # every check so far below its threshold
         scored, keep = 0, max(8 * batch_size, 64)
-        for position, candidates in enumerate(tokens):
+        for candidates in tokens:
             grown = torch.cat([prefixes.repeat_interleave(len(candidates), 0),
                                candidates.to(prefixes.device).repeat(len(prefixes))[:, None]], dim=1)
-            distance = self._layer2(net, grown, basis)[:, position]
+            distance = self._layer2(net, grown, basis, last=True)
             scored += len(grown)
             total = scores.repeat_interleave(len(candidates)) + distance
             passing = distance < self.tau2

@@ -128,8 +128,8 @@ def test_gate_fails_when_class_fishing_keeps_the_other_classes_rows(tmp_path, mo
 
 
 def test_gate_fails_when_dager_drops_its_second_layer_check(tmp_path, monkeypatch):
-    monkeypatch.setattr(Dager, "_layer2", lambda self, net, sequences, basis: torch.zeros(sequences.shape,
-                                                                                        dtype=torch.float64))
+    monkeypatch.setattr(Dager, "_layer2", lambda self, net, sequences, basis, last=False: torch.zeros(
+        sequences.shape[:1] if last else sequences.shape, dtype=torch.float64))
     failures, _ = _gate(tmp_path, lambda c: c["attack"]["name"] == "dager" and c["defense"]["name"] == "none"
                         and c["model"]["name"] == "gpt2")
     assert any(line.startswith("weaker: dager") and "rouge1" in line for line in failures), failures

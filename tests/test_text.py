@@ -97,6 +97,14 @@ def test_the_decoder_is_causal_and_the_encoder_is_not():
         assert torch.allclose(before[:, :-1], after[:, :-1]) == causal
 
 
+@pytest.mark.parametrize("lora", [0, 8])
+def test_the_decoders_last_position_shortcut_equals_its_full_forward_pass(lora):
+    net = models.build("gpt2", {"width": 128, "heads": 2, "lora": lora}, SMALL, "untrained", 0).net
+    x = SMALL.images[:40, :7]
+    with torch.no_grad():
+        assert torch.allclose(net.last_second_query_input(x), net.query_inputs(x, 2)[1][:, -1], atol=1e-5)
+
+
 def _view(arch, batch, defense=None, width=768, seed=0):
     model = models.build(arch, {"width": width, "heads": width // 64}, SMALL, "untrained", 0)
     protocol = protocols.build("fedsgd", {}, model)
