@@ -298,7 +298,7 @@ def _text_section(frame: pd.DataFrame, images: pd.DataFrame) -> dict | None:
     examples = [{"title": f"{label('attacks', e['setting']['attack'], e['setting']['attack_params'])} vs "
                           f"{label('defenses', e['setting']['defense'], e['setting']['defense_params'])} on "
                           f"{label('models', e['setting']['model'], e['setting']['model_params'])}, "
-                          f"B = {int(e['setting']['batch_size'])}, seed {e['seed']}", "pairs": e["pairs"]}
+                          f"B = {int(e['setting']['batch_size'])}", "pairs": e["pairs"]}
                 for e in text.examples(frame, images, settings)]
     return {"table": _table(shown, [("attack", "attacks"), ("defense", "defenses"), ("dataset", "text"),
                                     ("model", "models"), ("protocol", "protocols"), ("batch_size", "int"),

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from giabench.leaderboard import gallery
 from giabench.leaderboard.tables import SETTING, cell_interval
 
 TEXT_METRICS = ["rouge1", "rouge2", "token_acc"]
-EXAMPLES = 3  # sentence pairs shown per setting
 
 
 def text_cells(frame: pd.DataFrame) -> pd.DataFrame:
@@ -37,8 +37,8 @@ def table(frame: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
 
 
 def examples(frame: pd.DataFrame, images: pd.DataFrame, settings: pd.DataFrame) -> list[dict]:
-    """For each row of ``settings``: the first ``EXAMPLES`` private sentences of its first cell (lowest seed) with
-    the reconstructions matched to them."""
+    """For each row of ``settings``, the text gallery: its best, median and worst reconstructed sequence by ROUGE-1
+    over all its cells (as the image galleries pick by PSNR), each beside its private sentence, with its seed."""
     cells = text_cells(frame)
     shown = []
     for _, setting in settings.iterrows():
@@ -47,9 +47,10 @@ def examples(frame: pd.DataFrame, images: pd.DataFrame, settings: pd.DataFrame) 
             mine = mine[mine[key].astype(str) == str(setting[key])]
         if mine.empty or "text" not in images:
             continue
-        first = mine.sort_values("seed").iloc[0]
-        rows = images[images["cell"] == first["cell"]].sort_values("image").head(EXAMPLES)
-        pairs = [{"truth": r["text"], "guess": r["text_pred"] if isinstance(r["text_pred"], str) else "",
-                  "rouge1": r["rouge1"]} for _, r in rows.iterrows()]
-        shown.append({"setting": setting, "seed": int(first["seed"]), "pairs": pairs})
+        rows = images[images["cell"].isin(mine["cell"])].merge(mine[["cell", "seed"]], on="cell")
+        picked = gallery.picks(rows.assign(psnr=rows["rouge1"]))
+        pairs = [{"name": name, "seed": int(r["seed"]), "truth": r["text"], "rouge1": r["rouge1"],
+                  "guess": r["text_pred"] if isinstance(r["text_pred"], str) else ""} for name, r in picked]
+        if pairs:
+            shown.append({"setting": setting, "pairs": pairs})
     return shown

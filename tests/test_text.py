@@ -15,6 +15,7 @@ from giabench.attacks.text_prior import language_model
 from giabench.contracts import ServerView
 from giabench.errors import ConfigError, NotApplicable
 from giabench.leaderboard import report, tables
+from giabench.leaderboard import text as text_report
 from giabench.store import Store
 
 SMALL = data.load("austen", vocabulary=512)
@@ -228,6 +229,12 @@ def test_text_cells_run_through_the_harness_store_and_report(tmp_path):
     assert 'id="text"' in html and "Text reconstructions" in html
     truth = Store(tmp_path / "run").images()["text"].iloc[0]
     assert truth.split(" ")[0] in html and "<unk>" not in html  # sentences shown, escaped
+    stored = Store(tmp_path / "run").images()
+    galleries = text_report.examples(frame, stored, text_report.table(frame, stored))
+    for shown in galleries:  # best, median, worst by ROUGE-1 over a setting's sequences, each once
+        names, scores = [p["name"] for p in shown["pairs"]], [p["rouge1"] for p in shown["pairs"]]
+        assert names in (["best"], ["best", "worst"], ["best", "median", "worst"]) and scores == sorted(scores)[::-1]
+    assert any(len(shown["pairs"]) == 3 for shown in galleries) and "worst, seed" in html
 
 
 @pytest.mark.parametrize(("attack", "dataset"), [("ig", "austen"), ("dager", "mnist-sample")])
