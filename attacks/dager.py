@@ -117,7 +117,8 @@ class Dager(Attack):
             raise NotApplicable(reason)
         width = net.token_embedding.weight.shape[1]
         masks = view.public.get("mask")
-        bases, masks = [], masks if isinstance(masks, dict) else None  # top-k pruning: one mask per tensor
+        masks = masks if isinstance(masks, dict) else None  # top-k pruning's: one mask per tensor
+        bases = []
         for layer in (0, 1):
             names = net.attention_weights(layer)
             if any(f"net.{name}" not in view.message for name in names):

@@ -65,7 +65,6 @@ class HubTransformer(nn.Module):
     directory; ``pretrained: false`` the same architecture drawn by ``_init_weights``."""
 
     modalities = ("text",)
-    lora = 0
 
     def __init__(self, shape, num_classes, *, checkpoint: str, pretrained: bool = True):
         super().__init__()
@@ -86,8 +85,7 @@ class HubTransformer(nn.Module):
         auto = transformers.AutoModelForSequenceClassification
         self.hf = _loading(where, f"the weights of {checkpoint!r}", lambda: auto.from_pretrained(
             checkpoint, **options)) if pretrained else auto.from_config(**options)
-        self.kind = config.model_type
-        self.causal = self.kind == "gpt2"
+        self.causal = config.model_type == "gpt2"
 
     @property
     def token_embedding(self) -> nn.Embedding:
@@ -103,9 +101,10 @@ class HubTransformer(nn.Module):
         return block.attn.c_attn if self.causal else block.attention.self.query
 
     def attention_weights(self, layer: int) -> tuple[str, ...]:
-        prefix = f"hf.transformer.h.{layer}.attn.c_attn" if self.causal else \
-            f"hf.bert.encoder.layer.{layer}.attention.self."
-        return (f"{prefix}.weight",) if self.causal else tuple(f"{prefix}{p}.weight" for p in ("query", "key", "value"))
+        """The names of block ``layer``'s query, key and value weights (GPT-2's are fused in c_attn)."""
+        if self.causal:
+            return (f"hf.transformer.h.{layer}.attn.c_attn.weight",)
+        return tuple(f"hf.bert.encoder.layer.{layer}.attention.self.{p}.weight" for p in ("query", "key", "value"))
 
     def input_rows(self, name: str, gradient: torch.Tensor) -> torch.Tensor:
         """The gradient with one row per output unit (out x in): GPT-2's Conv1D stores its weight in x out."""
