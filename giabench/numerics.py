@@ -7,8 +7,8 @@ recorded setting, the same in-process and in worker processes:
   cell and restored after it;
 - ``device``: ``cpu`` or ``cuda``; on CUDA, TF32 is switched off and cuDNN picks deterministic kernels, so that
   ``dtype`` float32 means float32;
-- ``dtype``: float32 (the default) or float64 (``giabench run --dtype float64``): torch's default floating type while
-  the cell runs, so the model's weights, the client's update and the attacker's tensors are computed in it.
+- ``dtype``: float32 (the default) or float64 (``--dtype float64``): torch's default floating type while the cell
+  runs, so the model's weights, the client's update and the attacker's tensors are computed in it.
 ``hardware`` names the CPU model and the kernel path torch dispatched to (or the GPU); it is recorded, not pinned.
 """
 

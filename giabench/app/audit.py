@@ -130,7 +130,8 @@ def protocol_config(name: str, epochs: int | None, local_batch: int | None, lr: 
 def run(model: str, out: str, weights: str = "", data_name: str = "cifar10-sample", protocol: str = "fedsgd",
         epochs: int | None = None, local_batch: int | None = None, lr: float | None = None,
         shuffle: bool | None = None, batch_sizes: str = "1,8", defense_list: str = "none,dp-sgd:noise_multiplier=1",
-        budget: str = "standard", device: str = "cpu", threads: int = 1, workers: int = 1, quiet: bool = False) -> int:
+        budget: str = "standard", device: str = "cpu", threads: int = 1, workers: int = 1, quiet: bool = False,
+        dtype: str = "float32") -> int:
     """``giabench audit``: every input checked first, then the battery run as a suite in ``out``, then the
     verdicts, the defense table and the plots in ``out/audit.md``."""
     if budget not in LEVELS:
@@ -139,7 +140,7 @@ def run(model: str, out: str, weights: str = "", data_name: str = "cifar10-sampl
     proto = protocol_config(protocol, epochs, local_batch, lr, shuffle)
     settings = parse_defenses(defense_list, components.from_config("protocol", proto), sizes)
     folder = commands.out_dir(out, Path(out))
-    env = commands.environment(device, threads, workers)
+    env = commands.environment(device, threads, workers, dtype=dtype)
     if os.getcwd() not in sys.path:  # the user's module sits beside them, as for python -m
         sys.path.insert(0, os.getcwd())
     imageset = data.load(data_name)

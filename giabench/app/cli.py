@@ -25,6 +25,9 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     numerics.add_argument("--threads", type=int, default=1,
                           help="CPU threads per cell, in-process and in every worker (default: %(default)s); a "
                                "numerics setting, stored with every result: a run folder holds one setting only")
+    numerics.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                          help="the floating type attack cells compute in (default: %(default)s; utility training "
+                               "stays float32); a numerics setting, stored with every result")
     parallel = argparse.ArgumentParser(add_help=False)
     parallel.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: "
                                                                  "%(default)s)")
@@ -57,9 +60,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default: runs/SUITE); rerunning resumes it")
     run.add_argument("--download", action="store_true", help="allow torchvision to download missing datasets")
     run.add_argument("--retry-failed", action="store_true", help="run the cells stored as failed again")
-    run.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                     help="the floating type cells compute in (default: %(default)s); a numerics setting, stored with "
-                          "every result")
 
     lister = command("list", "list registered components")
     lister.add_argument("kind", choices=[*KINDS, "suites"], help="which registry to list")

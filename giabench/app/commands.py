@@ -242,13 +242,13 @@ def show(cell: str, runs: str = "runs") -> int:
 
 def regress(suite_spec: str = "smoke", baseline: str = "", out: str | None = None, device: str = "cpu",
             threads: int = 1, workers: int = 1, executor: str = "local", address: str | None = None,
-            update: bool = False, quiet: bool = False) -> int:
+            update: bool = False, quiet: bool = False, dtype: str = "float32") -> int:
     """``giabench regress``: run a suite and judge it, setting by setting, against a baseline (``--update``: write
     the run's summary as the baseline). Exit 1 on any regression."""
     loaded = suite.load(suite_spec)
     target = writable_file(baseline, "--baseline") if update else None
     reference = None if update else gate.read_baseline(baseline)
-    env = environment(device, threads, workers, executor, address)
+    env = environment(device, threads, workers, executor, address, dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="giabench-regress-") as scratch:
         folder = out_dir(out, Path(scratch))
         runner.run_suite(loaded, folder, env, workers=workers, show_progress=not quiet, executor=executor,

@@ -146,14 +146,15 @@ def terminal(frame: pd.DataFrame) -> str:
 
 
 def run(ids: list[str], list_only: bool = False, out: str | None = None, budget: str = "paper", device: str = "cpu",
-        threads: int = 1, workers: int = 1, data_root: str = "", download: bool = False, quiet: bool = False) -> int:
+        threads: int = 1, workers: int = 1, data_root: str = "", download: bool = False, quiet: bool = False,
+        dtype: str = "float32") -> int:
     """``giabench reproduce``."""
     packaged = reproduction.load_all()
     reps = chosen(ids, packaged)
     if list_only:
         print(listing(reps))
         return 0
-    env = commands.environment(device, threads, workers, data_root=data_root, download=download)
+    env = commands.environment(device, threads, workers, data_root=data_root, download=download, dtype=dtype)
     folder = commands.out_dir(out, Path("runs/reproduce"))
     requested = {rep.id for rep in reps}
     rows = []

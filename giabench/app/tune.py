@@ -21,9 +21,9 @@ from giabench.registry import attacks as attack_registry
 def run(suite_spec: str, out: str | None = None, trials: int = tuning.TRIALS, batches: int = tuning.BATCHES,
         seed: int = 0, attacks: str = "", stand_in: str | None = None, device: str = "cpu", threads: int = 1,
         workers: int = 1, executor: str = "local", address: str | None = None, data_root: str = "",
-        quiet: bool = False, objective: str = "psnr") -> int:
+        quiet: bool = False, objective: str = "psnr", dtype: str = "float32") -> int:
     loaded = suite.load(suite_spec)
-    env = commands.environment(device, threads, workers, executor, address, data_root)
+    env = commands.environment(device, threads, workers, executor, address, data_root, dtype=dtype)
     folder = commands.out_dir(out, Path("runs") / f"{loaded.slug}-tune")
     chosen = {name.strip() for name in attacks.split(",") if name.strip()} or None
     unknown = sorted((chosen or set()) - set(attack_registry.names()))
