@@ -42,14 +42,15 @@ class EmbeddingAttack(Attack):
 
     def applies(self, model, shape, protocol, batch_size):
         return None if hasattr(model, "token_embedding") else \
-            f"{self.title} needs a transformer of giabench.text_models"
+            f"{self.title} needs a transformer of giabench.text_models or giabench.hub (one that takes word embeddings)"
 
     def observed(self, view, simulate) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The embedding table E, the dummy batch's labels and the observed message without E's gradient (the
         dummy inputs do not go through it); NotApplicable for a model that is not a text transformer."""
         net = getattr(view.model, "net", None)
-        if not hasattr(net, "token_embedding"):
-            raise NotApplicable("needs a transformer of giabench.text_models (one that takes word embeddings)")
+        reason = self.applies(net, view.shape, view.protocol.name, view.batch_size)
+        if reason:
+            raise NotApplicable(reason)
         weight = net.token_embedding.weight
         embedding = next(f"net.{name}" for name, p in net.named_parameters() if p is weight)
         table = weight.detach()

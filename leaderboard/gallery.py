@@ -47,9 +47,10 @@ def pair(run_dir: Path, relative: str, batch: int, index: int, side: int = MIN_S
     return _png(_upscale(original, side)), _png(_upscale(recon, side))
 
 
-def picks(images: pd.DataFrame) -> list[tuple[str, pd.Series]]:
-    """The best, median and worst reconstruction (by PSNR) among a setting's image rows, each once."""
-    ranked = images.dropna(subset=["psnr"]).sort_values(["psnr", "cell", "image"], ascending=[False, True, True])
+def picks(images: pd.DataFrame, metric: str = "psnr") -> list[tuple[str, pd.Series]]:
+    """The best, median and worst reconstruction (by ``metric``: PSNR, or ROUGE-1 for text) among a setting's image
+    rows, each once."""
+    ranked = images.dropna(subset=[metric]).sort_values([metric, "cell", "image"], ascending=[False, True, True])
     if ranked.empty:
         return []
     chosen = {"best": 0, "median": (len(ranked) - 1) // 2, "worst": len(ranked) - 1}

@@ -110,13 +110,13 @@ def psnr_epsilon(points: pd.DataFrame) -> str | None:
 def leakage(curves: pd.DataFrame, by: str, xlabel: str, title: str,
             ylabel: str = "worst-case mean PSNR over the battery (dB)") -> str | None:
     """Worst-case PSNR (or the leakage ``ylabel`` names) over the attacks (y) against ``by`` (x, log scale), one line
-    per defense setting; ``curves`` has columns defense_key, ``by``, psnr."""
+    per defense setting; ``curves`` has columns defense_key, ``by``, leakage."""
     if curves.empty:
         return None
     plt, fig, ax = _figure(7.5, 4.8)
     for defense, part in curves.groupby("defense_key", sort=False):
         part = part.sort_values(by)
-        ax.plot(part[by], part["psnr"], marker="o", label=defense)
+        ax.plot(part[by], part["leakage"], marker="o", label=defense)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(curves[by].unique()), [str(v) for v in sorted(curves[by].unique())])
     return _finish(plt, fig, ax, xlabel, ylabel, title)

@@ -48,7 +48,7 @@ def examples(frame: pd.DataFrame, images: pd.DataFrame, settings: pd.DataFrame) 
         if mine.empty or "text" not in images:
             continue
         rows = images[images["cell"].isin(mine["cell"])].merge(mine[["cell", "seed"]], on="cell")
-        picked = gallery.picks(rows.assign(psnr=rows["rouge1"]))
+        picked = gallery.picks(rows, "rouge1")
         pairs = [{"name": name, "seed": int(r["seed"]), "truth": r["text"], "rouge1": r["rouge1"],
                   "guess": r["text_pred"] if isinstance(r["text_pred"], str) else ""} for name, r in picked]
         if pairs:

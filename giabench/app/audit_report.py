@@ -142,11 +142,11 @@ def utility_costs(path: Path) -> dict[str, dict]:
 
 def leakage_curves(cells: pd.DataFrame, by: str) -> pd.DataFrame:
     """Worst-case mean PSNR (ROUGE-1 for text) over the battery per defense and ``by`` (batch_size or
-    local_steps), in a column ``psnr``."""
+    local_steps), in a column ``leakage``."""
     done, column = reconstructions(cells), Measure.of(cells).column
     done = done.assign(defense_key=[defense_key(d, p) for d, p in zip(done["defense"], done["defense_params"],
-                                                                        strict=True)], psnr=done[column])
-    return done.groupby(["defense_key", by])["psnr"].max().reset_index()
+                                                                        strict=True)])
+    return done.groupby(["defense_key", by])[column].max().rename("leakage").reset_index()
 
 
 def local_steps(row) -> int:
